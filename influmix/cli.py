@@ -1,0 +1,131 @@
+"""`influmix`: run the curation flow, inspect and export its mixtures.
+
+User mistakes (bad config, missing files, unknown run) end in one red line and exit code 2, never a
+traceback; `--debug` shows the traceback for bug reports.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from influmix.config import ConfigError, load_settings  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML or YAML settings file")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a setting: section.key=value")]
+DbOpt = Annotated[Optional[Path], typer.Option("--db", help="DuckDB file (default: from --config, else runs/influmix.duckdb)")]
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from tasks.embed import EmbedError
+    from tasks.ingest import IngestError
+
+    return (ConfigError, IngestError, EmbedError, LookupError, FileNotFoundError, ValueError)
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}")
+    raise typer.Exit(2)
+
+
+def guarded(fn, debug: bool = False):
+    try:
+        return fn()
+    except user_errors() as exc:
+        if debug:
+            raise
+        fail(str(exc) or type(exc).__name__)
+
+
+def database_for(config: Path | None, db_path: Path | None, overrides: list[str] | None = None) -> Path:
+    if db_path:
+        return db_path
+    return load_settings(config, overrides).database
+
+
+@app.command()
+def run(config: ConfigOpt = None, set_: SetOpt = None, debug: bool = False) -> None:
+    """Run the whole curation flow and print its report card."""
+    settings = guarded(lambda: load_settings(config, set_), debug)
+    if not settings.ingest.sources:
+        fail("setting `ingest.sources`: no input given (add [[ingest.sources]] with a path or hf dataset)")
+    if not settings.reference.sources:
+        fail("setting `reference.sources`: no reference (target) set given")
+    from flows.curate import curate
+    from influmix.report import print_run_report
+
+    started = time.perf_counter()
+    result = guarded(lambda: curate(str(config) if config else None, list(set_ or [])), debug)
+    print_run_report(settings, result, time.perf_counter() - started, console)
+
+
+@app.command()
+def show(run_id: str, config: ConfigOpt = None, db: DbOpt = None, debug: bool = False) -> None:
+    """Print a run's mixture summary from DuckDB."""
+    from influmix.report import mixture_summary, print_summary
+
+    summary = guarded(lambda: mixture_summary(database_for(config, db), run_id), debug)
+    print_summary(summary, console)
+
+
+@app.command()
+def runs(config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """List the runs in the database."""
+    from rich.table import Table
+
+    from influmix import db as database
+
+    def list_runs():
+        with database.connect(database_for(config, db), read_only=True) as con:
+            return database.rows(con, "list_runs")
+
+    table = Table("run id", "status", "started", "finished", "config")
+    for row in guarded(list_runs):
+        table.add_row(*(str(x) for x in row))
+    console.print(table)
+
+
+@app.command()
+def export(run_id: str, out: Path, stage: int = -1, config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """Export a stage's mixture (default: the last) to .parquet, .jsonl or .jsonl.gz for training."""
+    from influmix.report import mixture_summary
+    from tasks.mixture import export_mixture
+
+    path = guarded(lambda: database_for(config, db))
+    stages = [s["stage"] for s in guarded(lambda: mixture_summary(path, run_id))["stages"]]
+    if not stages:
+        fail(f"run {run_id} has no mixture yet")
+    chosen = stages[-1] if stage < 0 else stage
+    if chosen not in stages:
+        fail(f"run {run_id} has no stage {chosen} (stages: {stages})")
+    rows = guarded(lambda: export_mixture(path, run_id, chosen, out))
+    console.print(f"wrote {rows:,} documents of {run_id} stage {chosen} to {out}")
+
+
+@app.command(name="config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the effective settings (defaults, file and overrides) as JSON."""
+    settings = guarded(lambda: load_settings(config, set_))
+    console.print_json(settings.model_dump_json())
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

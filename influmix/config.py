@@ -1,0 +1,233 @@
+"""One typed settings object for a whole curation run, loaded from TOML/YAML plus `key=value` overrides.
+
+Every default here is documented in README.md ("Configuration"); `influmix config` prints them all.
+A bad value is reported as one line naming the setting (see `ConfigError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration: the message names the setting and says what is wrong."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceSettings(_Section):
+    """One input: a local file/glob (JSONL, JSONL.gz, Parquet, plain text) or a Hugging Face dataset."""
+
+    path: str | None = Field(None, description="file, directory or glob of .jsonl/.jsonl.gz/.json/.parquet/.txt")
+    hf: str | None = Field(None, description="Hugging Face `datasets` path or id, streamed (e.g. 'json', 'wikitext')")
+    hf_config: str | None = None
+    hf_split: str = "train"
+    hf_data_files: list[str] | None = None
+    hf_revision: str | None = None
+    text_field: str = "text"
+    id_field: str | None = "id"
+    domain_field: str | None = "domain"
+    domain: str | None = Field(None, description="fixed domain label for every record of this source")
+    max_records: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceSettings:
+        if (self.path is None) == (self.hf is None):
+            raise ValueError("give exactly one of `path` or `hf`")
+        return self
+
+
+class IngestSettings(_Section):
+    sources: list[SourceSettings] = Field(default_factory=list)
+    min_chars: int = Field(1, ge=1, description="shorter (after stripping) is quarantined as empty_text")
+    max_chars: int = Field(200_000, ge=1, description="longer is quarantined as too_long")
+    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard at or above which a doc is a near duplicate")
+    minhash_num_perm: int = Field(64, ge=16)
+    shingle_words: int = Field(5, ge=1)
+    batch_size: int = Field(2_000, ge=1)
+
+
+class ReferenceSettings(_Section):
+    sources: list[SourceSettings] = Field(default_factory=list)
+    max_documents: int = Field(256, ge=1)
+
+
+class EmbedSettings(_Section):
+    model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers id or local path")
+    batch_size: int = Field(32, ge=1)
+    max_seq_length: int = Field(128, ge=8)
+    device: str = "auto"
+
+
+class ClusterSettings(_Section):
+    k: int = Field(16, ge=2)
+    batch_size: int = Field(1024, ge=16)
+
+
+class ProxySettings(_Section):
+    preset: str = Field("tiny", description="tiny | 25m | 125m | 410m")
+    vocab_size: int = Field(4096, ge=260)
+    seq_len: int = Field(128, ge=16)
+    tokenizer_max_docs: int = Field(20_000, ge=10)
+    batch_size: int = Field(8, ge=1)
+    steps_per_stage: int = Field(60, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, gt=0, lt=1)
+    beta2: float = Field(0.95, gt=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    device: str = "auto"
+    bf16: bool = True
+    compile: bool = False
+
+
+class ProbeSettings(_Section):
+    n_probes: int = Field(64, ge=4, description="documents probed per stage")
+    reference_sequences: int = Field(32, ge=1)
+    probe_lr: float | None = Field(None, gt=0, description="learning rate of the probe step; default the trainer's peak lr")
+    fast: bool = Field(True, description="also compute the first-order estimate")
+    heldout_fraction: float = Field(0.25, gt=0, lt=1)
+
+
+class DistillSettings(_Section):
+    finetune_encoder: bool = False
+    hidden_dim: int = Field(128, ge=1)
+    epochs: int = Field(200, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    ranking_weight: float = Field(0.0, ge=0)
+    patience: int = Field(30, ge=1)
+
+
+class SelectSettings(_Section):
+    token_budget: int = Field(50_000, ge=1, description="tokens per stage's mixture")
+    ucb_alpha: float = Field(1.0, ge=0)
+    arms_per_round: int = Field(2, ge=1)
+    sample_per_arm: int = Field(4, ge=1)
+    exploit_batch: int = Field(16, ge=0)
+    reward_threshold: float = 0.0
+    share_distance: float = Field(0.2, ge=0, le=2)
+    temperature: float = Field(0.5, gt=0, description="Gumbel-top-k temperature inside a pulled cluster")
+    exclude_previous: bool = True
+
+
+class TrackSettings(_Section):
+    tracking_uri: str | None = Field(None, description="default sqlite:///<run_dir>/mlflow.db")
+    experiment: str = "influmix"
+    registered_model: str = "influmix-influence"
+    model_alias: str = "current"
+
+
+class Settings(_Section):
+    run_dir: Path = Path("runs")
+    db_path: Path | None = Field(None, description="default <run_dir>/influmix.duckdb")
+    run_id: str | None = None
+    seed: int = 0
+    stages: int = Field(2, ge=1)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    reference: ReferenceSettings = Field(default_factory=ReferenceSettings)
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    distill: DistillSettings = Field(default_factory=DistillSettings)
+    select: SelectSettings = Field(default_factory=SelectSettings)
+    track: TrackSettings = Field(default_factory=TrackSettings)
+
+    @property
+    def database(self) -> Path:
+        return self.db_path or self.run_dir / "influmix.duckdb"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.track.tracking_uri or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}"
+
+    def config_hash(self) -> str:
+        """Hash of everything that shapes the mixture (run_id excluded: same config, same hash)."""
+        payload = self.model_dump(mode="json", exclude={"run_id"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def stage_dir(self, run_id: str, stage: int | None = None) -> Path:
+        base = self.run_dir / run_id
+        return base if stage is None else base / f"stage-{stage}"
+
+
+def _parse_value(raw: str) -> Any:
+    """CLI override values are TOML literals where they parse as one, else plain strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. select.token_budget=20000)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(raw.strip())
+    return data
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is a user mistake, reported in one line
+        raise ConfigError(f"config file {path} could not be parsed: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    base = path.parent.resolve()
+    for section in ("ingest", "reference"):
+        for source in data.get(section, {}).get("sources", []) or []:
+            if isinstance(source, dict) and source.get("path") and not Path(source["path"]).is_absolute():
+                candidate = base / source["path"]
+                if not Path(source["path"]).exists() and _glob_exists(candidate):
+                    source["path"] = str(candidate)
+    return data
+
+
+def _glob_exists(candidate: Path) -> bool:
+    return candidate.exists() or any(candidate.parent.glob(candidate.name)) if candidate.parent.exists() else False
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        lines.append(f"setting `{loc}`: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(path: str | Path | None = None, overrides: list[str] | None = None) -> Settings:
+    """Settings from a file (optional) and overrides; raises ConfigError with a one-line message."""
+    data = read_config_file(path) if path else {}
+    apply_overrides(data, overrides or [])
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

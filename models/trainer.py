@@ -1,0 +1,186 @@
+"""Pretraining loop and checkpoints of the proxy LM.
+
+Training runs in stages (MATES: select data, train a stage, probe the new checkpoint, select again). The
+learning-rate schedule spans all stages, so a stage passes `step_offset` to continue where the last one
+stopped, and a checkpoint keeps the optimizer state because the probe oracle needs Adam's moments.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_model
+from tqdm.auto import tqdm
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from models.proxy_lm import lm_loss
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training stage (defaults of the whole run live in influmix.config)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    beta1: float
+    beta2: float
+    grad_clip: float
+    device: str = "cpu"
+    bf16: bool = True
+    compile: bool = False
+    seed: int = 0
+    total_steps: int | None = None  # length of the whole schedule over all stages; default `steps`
+
+
+@dataclass
+class TrainResult:
+    """What one call of `train` did: per-step losses and throughput."""
+
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    tokens_per_s: float = 0.0
+    steps: int = 0
+
+
+def resolve_device(name: str) -> str:
+    """`auto` means CUDA when there is a GPU, else CPU; any other name is passed through."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `cfg.lr`, then cosine decay to 10% of it at `total_steps` (held there after)."""
+    total = cfg.total_steps or cfg.steps
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: matrices (decayed) first, then biases and LayerNorm weights (not decayed).
+
+    The oracles rebuild exactly this layout to load a saved optimizer state, so the order must not change.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; the fused kernel only on CUDA (it is not faster, or not there, on CPU)."""
+    on_cuda = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        weight_decay=cfg.weight_decay,
+        fused=True if on_cuda else None,
+    )
+
+
+def _batch_indices(n_rows: int, n_needed: int, generator: torch.Generator) -> torch.Tensor:
+    """Row indices for all steps: shuffled epochs over the rows, cycling when the stage needs more rows."""
+    epochs = [torch.randperm(n_rows, generator=generator) for _ in range(math.ceil(n_needed / n_rows))]
+    return torch.cat(epochs)[:n_needed]
+
+
+def train(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sequences: torch.Tensor,
+    cfg: TrainConfig,
+    step_offset: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` for `cfg.steps` steps on rows of `sequences` [n, seq_len] (packed, see pack_sequences).
+
+    Batches are drawn with a generator seeded by (seed, step_offset), so a stage is reproducible and two
+    stages do not replay the same order. bf16 autocast is used only on CUDA; on CPU it is slower.
+    """
+    if sequences.ndim != 2 or len(sequences) == 0:
+        raise ValueError("sequences must be a non-empty [n, seq_len] tensor")
+    device = torch.device(cfg.device)
+    model.to(device).train()
+    forward_model = torch.compile(model) if cfg.compile else model
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step_offset)
+    order = _batch_indices(len(sequences), cfg.steps * cfg.batch_size, generator).view(
+        cfg.steps, cfg.batch_size
+    )
+
+    losses: list[torch.Tensor] = []
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)
+    for i in bar:
+        lr = lr_at(step_offset + i, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = sequences[order[i]].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = lm_loss(forward_model, batch)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        if progress and (i % 10 == 0 or i == cfg.steps - 1):  # .item() syncs the GPU: not every step
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+    loss_values = torch.stack(losses).float().cpu().tolist() if losses else []
+    seconds = time.perf_counter() - start
+    tokens = cfg.steps * cfg.batch_size * sequences.shape[1]
+    return TrainResult(loss_values, tokens, seconds, tokens / max(seconds, 1e-9), cfg.steps)
+
+
+def save_checkpoint(
+    directory: str | Path, model: GPTNeoXForCausalLM, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
+) -> Path:
+    """Write model.safetensors, config.json, optimizer.pt and meta.json into `directory`.
+
+    meta.json is written last: a folder without it is an interrupted save, not a checkpoint.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "meta.json").unlink(missing_ok=True)
+    save_model(model, str(directory / "model.safetensors"))  # handles shared tensors if a config ties them
+    model.config.to_json_file(str(directory / "config.json"))
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return directory
+
+
+def load_checkpoint(
+    directory: str | Path, device: str = "cpu"
+) -> tuple[GPTNeoXForCausalLM, dict[str, Any], dict[str, Any]]:
+    """Rebuild (model, optimizer state dict, meta) from `save_checkpoint`'s folder.
+
+    The optimizer state is read with weights_only=True: a checkpoint is data, never code to unpickle.
+    Pass the state to `make_optimizer(...).load_state_dict` to resume, or to the oracles to probe.
+    """
+    directory = Path(directory)
+    if not (directory / "meta.json").exists():
+        raise FileNotFoundError(f"no complete checkpoint in {directory} (meta.json missing)")
+    config = GPTNeoXConfig.from_json_file(str(directory / "config.json"))
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG as is
+        model = GPTNeoXForCausalLM(config)
+    weights = load_file(str(directory / "model.safetensors"), device=device)
+    model.to(device=device, dtype=next(iter(weights.values())).dtype)  # keep a float64/bf16 model's dtype
+    model.load_state_dict(weights, strict=True)
+    optimizer_state = torch.load(directory / "optimizer.pt", map_location=device, weights_only=True)
+    meta = json.loads((directory / "meta.json").read_text())
+    return model, optimizer_state, meta

@@ -1,0 +1,1 @@
+"""SQL lives here as `.sql` files, one statement each; `influmix.db` loads and binds them."""

@@ -1,0 +1,2 @@
+-- Re-run safety for the clustering stage: assignments.
+DELETE FROM cluster_assignments WHERE run_id = $run_id;

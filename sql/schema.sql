@@ -1,0 +1,155 @@
+-- influmix schema: every table carries run_id, so one DuckDB file holds many runs side by side
+-- and any run's lineage (config -> documents -> probes -> scores -> mixture) is a join away.
+
+-- One row per flow run: its config (as JSON and hash) and where its tracking lives.
+CREATE TABLE IF NOT EXISTS runs (
+    run_id              VARCHAR PRIMARY KEY,
+    config_hash         VARCHAR NOT NULL,
+    config_json         VARCHAR NOT NULL,
+    status              VARCHAR NOT NULL,          -- running | completed | failed
+    started_at          TIMESTAMP NOT NULL,
+    finished_at         TIMESTAMP,
+    mlflow_run_id       VARCHAR,
+    prefect_flow_run_id VARCHAR
+);
+
+-- Clean, deduplicated pool documents. doc_id is stable: the record's own id, else source:line.
+CREATE TABLE IF NOT EXISTS documents (
+    run_id       VARCHAR NOT NULL,
+    doc_id       VARCHAR NOT NULL,
+    text         VARCHAR NOT NULL,
+    source       VARCHAR NOT NULL,                 -- file path or hf dataset the record came from
+    locator      VARCHAR NOT NULL,                 -- where in the source: line:N, item:N, row:N or file
+    domain       VARCHAR NOT NULL,
+    n_chars      INTEGER NOT NULL,
+    n_tokens     INTEGER,                          -- exact count under the run's proxy BPE tokenizer
+    content_hash VARCHAR NOT NULL,                 -- sha256 of whitespace-normalised text
+    PRIMARY KEY (run_id, doc_id)
+);
+
+-- Records that could not be used, with the reason; nothing read is silently lost.
+CREATE TABLE IF NOT EXISTS quarantine (
+    run_id   VARCHAR NOT NULL,
+    source   VARCHAR NOT NULL,
+    locator  VARCHAR NOT NULL,                     -- where in the source: line:N, item:N, row:N or file
+    reason   VARCHAR NOT NULL,                     -- invalid_json | not_utf8 | empty_text | missing_text | wrong_type | too_long | duplicate_id
+    detail   VARCHAR,
+    excerpt  VARCHAR                               -- first bytes of the raw record, for a human
+);
+
+-- Dropped duplicates and what they duplicate (exact by hash, near by MinHash Jaccard).
+CREATE TABLE IF NOT EXISTS duplicates (
+    run_id       VARCHAR NOT NULL,
+    doc_id       VARCHAR NOT NULL,
+    source       VARCHAR NOT NULL,
+    duplicate_of VARCHAR NOT NULL,
+    kind         VARCHAR NOT NULL,                 -- exact | near
+    similarity   DOUBLE NOT NULL
+);
+
+-- The held-out target the proxy LM's reference loss is measured on.
+CREATE TABLE IF NOT EXISTS reference_documents (
+    run_id  VARCHAR NOT NULL,
+    ref_id  VARCHAR NOT NULL,
+    text    VARCHAR NOT NULL,
+    domain  VARCHAR NOT NULL,
+    PRIMARY KEY (run_id, ref_id)
+);
+
+CREATE TABLE IF NOT EXISTS embeddings (
+    run_id    VARCHAR NOT NULL,
+    doc_id    VARCHAR NOT NULL,
+    model     VARCHAR NOT NULL,
+    embedding FLOAT[] NOT NULL,                    -- L2-normalised sentence embedding
+    PRIMARY KEY (run_id, doc_id)
+);
+
+CREATE TABLE IF NOT EXISTS clusters (
+    run_id     VARCHAR NOT NULL,
+    cluster_id INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    centroid   FLOAT[] NOT NULL,
+    PRIMARY KEY (run_id, cluster_id)
+);
+
+CREATE TABLE IF NOT EXISTS cluster_assignments (
+    run_id     VARCHAR NOT NULL,
+    doc_id     VARCHAR NOT NULL,
+    cluster_id INTEGER NOT NULL,
+    distance   DOUBLE NOT NULL,                    -- cosine distance to the centroid
+    PRIMARY KEY (run_id, doc_id)
+);
+
+-- Proxy-LM checkpoints per pretraining stage (files on disk, metrics here).
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id          VARCHAR NOT NULL,
+    stage           INTEGER NOT NULL,
+    path            VARCHAR NOT NULL,
+    n_params        BIGINT NOT NULL,
+    train_tokens    BIGINT NOT NULL,
+    steps           INTEGER NOT NULL,
+    final_train_loss DOUBLE,
+    reference_loss  DOUBLE NOT NULL,
+    tokens_per_s    DOUBLE,
+    PRIMARY KEY (run_id, stage)
+);
+
+-- Oracle probes: exact = loss_before - loss_after one AdamW step on the document (MATES);
+-- fast = first-order estimate of the same quantity.
+CREATE TABLE IF NOT EXISTS probes (
+    run_id      VARCHAR NOT NULL,
+    stage       INTEGER NOT NULL,
+    doc_id      VARCHAR NOT NULL,
+    exact_score DOUBLE NOT NULL,
+    fast_score  DOUBLE,
+    loss_before DOUBLE NOT NULL,
+    loss_after  DOUBLE NOT NULL,
+    split       VARCHAR NOT NULL,                  -- train | heldout, for the influence model
+    PRIMARY KEY (run_id, stage, doc_id)
+);
+
+-- The distilled influence model's prediction for every document, per stage.
+CREATE TABLE IF NOT EXISTS influence_scores (
+    run_id  VARCHAR NOT NULL,
+    stage   INTEGER NOT NULL,
+    doc_id  VARCHAR NOT NULL,
+    score   DOUBLE NOT NULL,
+    PRIMARY KEY (run_id, stage, doc_id)
+);
+
+-- Every bandit round: which arm, what it saw, what it took.
+CREATE TABLE IF NOT EXISTS bandit_rounds (
+    run_id          VARCHAR NOT NULL,
+    stage           INTEGER NOT NULL,
+    round           INTEGER NOT NULL,
+    cluster_id      INTEGER NOT NULL,
+    ucb             DOUBLE NOT NULL,
+    n_sampled       INTEGER NOT NULL,
+    reward          DOUBLE NOT NULL,
+    n_selected      INTEGER NOT NULL,
+    tokens_selected BIGINT NOT NULL,
+    tokens_total    BIGINT NOT NULL,
+    PRIMARY KEY (run_id, stage, round, cluster_id)
+);
+
+-- One row per run and stage: the selected mixture's header.
+CREATE TABLE IF NOT EXISTS mixtures (
+    run_id       VARCHAR NOT NULL,
+    stage        INTEGER NOT NULL,
+    config_hash  VARCHAR NOT NULL,
+    token_budget BIGINT NOT NULL,
+    tokens       BIGINT NOT NULL,
+    n_documents  INTEGER NOT NULL,
+    created_at   TIMESTAMP NOT NULL,
+    PRIMARY KEY (run_id, stage)
+);
+
+CREATE TABLE IF NOT EXISTS mixture_members (
+    run_id     VARCHAR NOT NULL,
+    stage      INTEGER NOT NULL,
+    doc_id     VARCHAR NOT NULL,
+    cluster_id INTEGER NOT NULL,
+    score      DOUBLE NOT NULL,
+    round      INTEGER NOT NULL,
+    PRIMARY KEY (run_id, stage, doc_id)
+);

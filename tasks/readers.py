@@ -1,0 +1,278 @@
+"""Streaming record readers for ingest (datatrove-style): each yields `RawRecord` or `BadRecord`, never raises
+on a bad record.
+
+A source (`SourceSettings`) is either a local `path` -- one file, a directory (every supported file inside,
+recursively, sorted by path; hidden files skipped) or a glob -- or a Hugging Face `datasets` source (`hf`),
+always streamed. Formats go by suffix:
+
+* `.jsonl`, `.jsonl.gz` -- JSON lines, read as raw bytes so invalid UTF-8 is caught per line; blank lines skipped.
+* `.json` -- a JSON array of objects when the first non-blank byte is `[` (parsed whole), else JSON lines.
+* `.parquet` -- read in row batches with pyarrow; only the text/id/domain columns are read.
+* `.txt` -- the whole file is **one** document (its id is the file path); split paragraphs upstream if wanted.
+
+Locators say where a record sits: `line:N` (1-based line), `item:N` (0-based array index), `row:N` (0-based
+Parquet / HF row) or `file` (a `.txt` file or a whole-file failure). Problems with a source as a whole
+(missing path, no matching files, unreadable or corrupt file, Parquet without the text column, a HF
+dataset that cannot be loaded) raise `IngestError`, a one-line user error naming the source.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from influmix.config import SourceSettings
+
+SUPPORTED_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet", ".txt")
+EXCERPT_CHARS = 200
+PARQUET_BATCH_ROWS = 1024
+
+
+class IngestError(ValueError):
+    """A user error about a source as a whole: one line that names the source; printed without a traceback."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    source: str  # file path or `hf:<dataset>` the record came from
+    locator: str  # where in the source: line:N, item:N, row:N or file
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    source: str
+    locator: str
+    reason: str  # invalid_json | not_utf8 | missing_text | wrong_type | empty_text | too_long | duplicate_id
+    detail: str
+    excerpt: str
+
+
+Item = RawRecord | BadRecord
+
+
+def safe_str(value: str) -> str:
+    """`value` as valid UTF-8 (lone surrogates replaced), fit for a DuckDB VARCHAR."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def excerpt_of(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return safe_str(text[:EXCERPT_CHARS])
+
+
+def source_label(source: SourceSettings) -> str:
+    """The human name of a HF source (file sources are named by each file's path)."""
+    label = f"hf:{source.hf}"
+    if source.hf_config:
+        label += f"/{source.hf_config}"
+    return f"{label}[{source.hf_split}]"
+
+
+def _supported(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(SUPPORTED_SUFFIXES) and not path.name.startswith(".")
+
+
+def resolve_paths(source: SourceSettings) -> list[Path]:
+    """The files a path source stands for; raises IngestError if there are none."""
+    assert source.path is not None
+    raw = source.path
+    path = Path(raw).expanduser()
+    if path.is_file():
+        if not path.name.endswith(SUPPORTED_SUFFIXES):
+            raise IngestError(
+                f"source {raw}: unsupported file type (expected one of {', '.join(SUPPORTED_SUFFIXES)})"
+            )
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if _supported(p))
+        if not files:
+            raise IngestError(f"source {raw}: directory has no {'/'.join(SUPPORTED_SUFFIXES)} files")
+        return files
+    if any(ch in raw for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if _supported(Path(p)))
+        if not files:
+            raise IngestError(f"source {raw}: glob matches no {'/'.join(SUPPORTED_SUFFIXES)} files")
+        return files
+    raise IngestError(f"source {raw}: path does not exist")
+
+
+def _decode_object(raw: bytes, source: str, locator: str) -> Item:
+    """One JSON value from raw bytes -> RawRecord if it is an object, else a BadRecord."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRecord(source, locator, "not_utf8", f"invalid UTF-8 at byte {exc.start}", excerpt_of(raw))
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return BadRecord(source, locator, "invalid_json", safe_str(str(exc))[:500], excerpt_of(text))
+    return _as_record(value, source, locator, text)
+
+
+def _as_record(value: Any, source: str, locator: str, raw: str | None = None) -> Item:
+    if isinstance(value, dict):
+        return RawRecord(source, locator, value)
+    shown = raw if raw is not None else json.dumps(value, default=str)
+    return BadRecord(
+        source,
+        locator,
+        "wrong_type",
+        f"record is {type(value).__name__}, expected an object",
+        excerpt_of(shown),
+    )
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def read_json_lines(path: Path, source: str) -> Iterator[Item]:
+    with _open_binary(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # UTF-8 byte-order mark
+            if not line.strip():
+                continue
+            yield _decode_object(line.rstrip(b"\r\n"), source, f"line:{number}")
+
+
+def _first_byte(path: Path) -> bytes:
+    with _open_binary(path) as fh:
+        head = fh.read(4096)
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:]
+        while head and not head.strip():
+            head = fh.read(4096)
+        return head.lstrip()[:1]
+
+
+def read_json(path: Path, source: str) -> Iterator[Item]:
+    if _first_byte(path) != b"[":
+        yield from read_json_lines(path, source)
+        return
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    try:
+        values = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        yield _decode_object(raw, source, "file")  # the array as a whole is not valid UTF-8 / JSON
+        return
+    for index, value in enumerate(values):
+        yield _as_record(value, source, f"item:{index}")
+
+
+def read_parquet(path: Path, source: str, settings: SourceSettings) -> Iterator[Item]:
+    import pyarrow.parquet as pq
+
+    try:
+        pfile = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
+        raise IngestError(f"source {source}: not a readable Parquet file ({exc})") from None
+    names = pfile.schema_arrow.names
+    if settings.text_field not in names:
+        raise IngestError(
+            f"source {source}: Parquet file has no text column {settings.text_field!r} "
+            f"(columns: {', '.join(names) or 'none'}); set text_field"
+        )
+    columns = [
+        c
+        for c in dict.fromkeys([settings.text_field, settings.id_field, settings.domain_field])
+        if c in names
+    ]
+    row = 0
+    for batch in pfile.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        for record in batch.to_pylist():
+            yield RawRecord(source, f"row:{row}", record)
+            row += 1
+
+
+def read_text(path: Path, source: str, settings: SourceSettings) -> Iterator[Item]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        yield BadRecord(source, "file", "not_utf8", f"invalid UTF-8 at byte {exc.start}", excerpt_of(raw))
+        return
+    record: dict[str, Any] = {settings.text_field: text}
+    if settings.id_field:
+        record[settings.id_field] = source
+    yield RawRecord(source, "file", record)
+
+
+def read_file(path: Path, settings: SourceSettings) -> Iterator[Item]:
+    source = safe_str(str(path))
+    name = path.name
+    try:
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            yield from read_json_lines(path, source)
+        elif name.endswith(".json"):
+            yield from read_json(path, source)
+        elif name.endswith(".parquet"):
+            yield from read_parquet(path, source, settings)
+        elif name.endswith(".txt"):
+            yield from read_text(path, source, settings)
+        else:
+            raise IngestError(f"source {source}: unsupported file type")
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise IngestError(f"source {source}: could not read file ({exc})") from None
+
+
+def read_hf(settings: SourceSettings) -> Iterator[Item]:
+    source = safe_str(source_label(settings))
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(
+            settings.hf,
+            settings.hf_config,
+            split=settings.hf_split,
+            data_files=settings.hf_data_files,
+            revision=settings.hf_revision,
+            streaming=True,
+        )
+        rows = iter(dataset)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot load this source"
+        raise IngestError(
+            f"source {source}: could not load Hugging Face dataset ({_one_line(exc)})"
+        ) from None
+    row = 0
+    while True:
+        try:
+            example = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001
+            raise IngestError(f"source {source}: reading failed at row {row} ({_one_line(exc)})") from None
+        yield _as_record(example, source, f"row:{row}")
+        row += 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return safe_str(f"{type(exc).__name__}: {text[0] if text else ''}")[:300]
+
+
+def iter_source(settings: SourceSettings, paths: list[Path] | None = None) -> Iterator[Item]:
+    """Every record of one source, in file order, capped at `max_records` (counting bad records too).
+
+    `paths` (from `resolve_paths`) can be passed to resolve a path source up front, before any writing.
+    """
+    if settings.hf is not None:
+        items: Iterator[Item] = read_hf(settings)
+    else:
+        files = paths if paths is not None else resolve_paths(settings)
+        items = (item for path in files for item in read_file(path, settings))
+    limit = settings.max_records
+    for count, item in enumerate(items, start=1):
+        yield item
+        if limit is not None and count >= limit:
+            return

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny real settings over the bundled sample, one Prefect harness, one end-to-end run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+def tiny_overrides(run_dir: Path, corpus_records: int = 240) -> list[str]:
+    """A whole run at toy scale: real data, real models, seconds per stage on 2 CPU cores."""
+    return [
+        f'run_dir="{run_dir}"',
+        f'ingest.sources=[{{path="{SAMPLE / "corpus.jsonl.gz"}", max_records={corpus_records}}}, '
+        f'{{path="{SAMPLE / "broken.jsonl"}", domain="unknown"}}]',
+        f'reference.sources=[{{path="{SAMPLE / "reference.jsonl.gz"}"}}]',
+        "reference.max_documents=40",
+        "embed.max_seq_length=64",
+        "cluster.k=4",
+        "proxy.vocab_size=512",
+        "proxy.seq_len=64",
+        "proxy.batch_size=4",
+        "proxy.steps_per_stage=12",
+        "proxy.warmup_steps=2",
+        "proxy.tokenizer_max_docs=200",
+        "probe.n_probes=24",
+        "probe.reference_sequences=8",
+        "distill.epochs=40",
+        "select.token_budget=6000",
+        "stages=2",
+    ]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the session (~14 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def e2e_run(tmp_path_factory, prefect_harness):
+    """The real flow, once, at tiny scale: (settings, RunResult)."""
+    from flows.curate import curate
+    from influmix.config import load_settings
+
+    run_dir = tmp_path_factory.mktemp("e2e") / "runs"
+    overrides = tiny_overrides(run_dir)
+    result = curate(None, overrides)
+    return load_settings(None, overrides), result

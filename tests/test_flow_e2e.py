@@ -1,0 +1,143 @@
+"""The whole flow under a real Prefect server, against a real DuckDB file and a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def query(settings, sql: str, params=None):
+    con = duckdb.connect(str(settings.database), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def test_every_stage_wrote_its_table(e2e_run):
+    settings, result = e2e_run
+    run = result.run_id
+    for table in ("documents", "quarantine", "embeddings", "cluster_assignments", "probes", "influence_scores",
+                  "bandit_rounds", "mixture_members"):
+        (n,) = query(settings, f"SELECT count(*) FROM {table} WHERE run_id = ?", [run])[0]
+        assert n > 0, table
+    (status,) = query(settings, "SELECT status FROM runs WHERE run_id = ?", [run])[0]
+    assert status == "completed"
+
+
+def test_mixture_respects_budget_and_has_no_duplicates(e2e_run):
+    settings, result = e2e_run
+    rows = query(settings, """
+        SELECT x.stage, x.token_budget, x.tokens, x.n_documents,
+               count(m.doc_id), count(DISTINCT m.doc_id), sum(d.n_tokens)
+        FROM mixtures x
+        JOIN mixture_members m ON m.run_id = x.run_id AND m.stage = x.stage
+        JOIN documents d ON d.run_id = m.run_id AND d.doc_id = m.doc_id
+        WHERE x.run_id = ? GROUP BY ALL ORDER BY x.stage""", [result.run_id])
+    assert [r[0] for r in rows] == list(range(settings.stages))
+    for stage, budget, tokens, n_docs, members, distinct, member_tokens in rows:
+        assert tokens <= budget
+        assert tokens == member_tokens
+        assert members == distinct == n_docs > 0
+
+
+def test_members_are_clean_documents(e2e_run):
+    settings, result = e2e_run
+    (orphans,) = query(settings, """
+        SELECT count(*) FROM mixture_members m
+        LEFT JOIN documents d ON d.run_id = m.run_id AND d.doc_id = m.doc_id
+        WHERE m.run_id = ? AND d.doc_id IS NULL""", [result.run_id])[0]
+    assert orphans == 0
+    (quarantined_members,) = query(settings, """
+        SELECT count(*) FROM mixture_members m
+        JOIN documents d ON d.run_id = m.run_id AND d.doc_id = m.doc_id
+        JOIN quarantine q ON q.run_id = d.run_id AND q.source = d.source AND q.locator = d.locator
+        WHERE m.run_id = ?""", [result.run_id])[0]
+    assert quarantined_members == 0
+    (reselected,) = query(settings, """
+        SELECT count(*) FROM (SELECT doc_id FROM mixture_members WHERE run_id = ? GROUP BY doc_id HAVING count(*) > 1)""",
+        [result.run_id])[0]
+    assert reselected == 0  # exclude_previous: no document is picked in two stages
+
+
+def test_bad_records_are_quarantined_with_reasons(e2e_run):
+    settings, result = e2e_run
+    reasons = {r[0] for r in query(settings, "SELECT DISTINCT reason FROM quarantine WHERE run_id = ?", [result.run_id])}
+    assert {"invalid_json", "not_utf8", "empty_text", "missing_text", "too_long"} <= reasons
+    kinds = {r[0] for r in query(settings, "SELECT DISTINCT kind FROM duplicates WHERE run_id = ?", [result.run_id])}
+    assert {"exact", "near"} <= kinds
+
+
+def test_one_probe_per_probed_document(e2e_run):
+    settings, result = e2e_run
+    for stage in range(settings.stages):
+        n, distinct, finite = query(settings, """
+            SELECT count(*), count(DISTINCT doc_id), count(*) FILTER (WHERE isfinite(exact_score))
+            FROM probes WHERE run_id = ? AND stage = ?""", [result.run_id, stage])[0]
+        assert n == distinct == finite == settings.probe.n_probes
+
+
+def test_every_document_scored_and_assigned(e2e_run):
+    settings, result = e2e_run
+    (docs,) = query(settings, "SELECT count(*) FROM documents WHERE run_id = ?", [result.run_id])[0]
+    for stage in range(settings.stages):
+        (scored,) = query(settings, "SELECT count(*) FROM influence_scores WHERE run_id = ? AND stage = ?",
+                          [result.run_id, stage])[0]
+        assert scored == docs
+    (assigned,) = query(settings, "SELECT count(*) FROM cluster_assignments WHERE run_id = ?", [result.run_id])[0]
+    assert assigned == docs
+
+
+def test_mlflow_run_has_metrics_plots_and_registered_model(e2e_run):
+    import mlflow
+
+    settings, result = e2e_run
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    run = client.get_run(result.tracked.mlflow_run_id)
+    for key in ("documents", "quarantined", "clusters", "final_influence_heldout_spearman", "final_selected_tokens"):
+        assert key in run.data.metrics, key
+    assert run.data.params["select.token_budget"] == str(settings.select.token_budget)
+    assert run.data.tags["influmix.run_id"] == result.run_id
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(history) == settings.proxy.steps_per_stage * settings.stages
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/mixture_composition.png", "plots/bandit_rewards.png"} <= artifacts
+    assert len(run.inputs.dataset_inputs) >= 1
+    version = client.get_model_version_by_alias(settings.track.registered_model, settings.track.model_alias)
+    assert version.run_id == run.info.run_id
+
+
+def test_registered_model_scores_embeddings(e2e_run):
+    import mlflow
+    import numpy as np
+
+    settings, result = e2e_run
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.track.registered_model}@{settings.track.model_alias}")
+    scores = model.predict(np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32))
+    assert np.asarray(scores).shape[0] == 3 and np.all(np.isfinite(scores))
+
+
+def test_prefect_flow_run_completed_with_every_stage(e2e_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    settings, result = e2e_run
+
+    async def read():
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(result.prefect_flow_run_id)
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+            return flow_run, tasks
+
+    flow_run, task_runs = asyncio.run(read())
+    assert flow_run.state.is_completed()
+    names = {t.task_key.split("-")[0] for t in task_runs}
+    assert all(t.state.is_completed() for t in task_runs)
+    for stage in ("ingest", "embed", "cluster", "tokenizer", "pretrain", "probe", "distill", "select", "track"):
+        assert any(stage in n for n in names) or any(stage in t.name for t in task_runs), stage
