@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	mkdir -p runs/prefect
 	PREFECT_HOME=$(CURDIR)/runs/prefect $(BIN)/influmix run --config configs/demo.toml
 
 test: $(STAMP)

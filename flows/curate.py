@@ -13,12 +13,12 @@ from tasks.ingest import ingest_task, reference_task
 from tasks.mixture import write_mixture_task
 from tasks.pretrain import pretrain_task, tokenizer_task
 from tasks.probe import probe_task
-from tasks.runs import finish_run_task, start_run_task
+from tasks.runs import finish_run_task, mark_run_failed, start_run_task
 from tasks.select import select_task
 from tasks.track import track_task
 
 
-@flow(name="curate", log_prints=True)
+@flow(name="curate", log_prints=True, on_failure=[mark_run_failed])
 def curate(config: str | None = None, overrides: list[str] | None = None) -> RunResult:
     """Curate a pretraining mixture from the configured corpus (TOML/YAML `config` plus `key=value` overrides)."""
     settings = load_settings(config, overrides)

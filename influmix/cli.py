@@ -15,6 +15,8 @@ from typing import Annotated, Optional
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A fresh Prefect home migrates its database on first start: give the local server time.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -61,11 +63,10 @@ def database_for(config: Path | None, db_path: Path | None, overrides: list[str]
 def run(config: ConfigOpt = None, set_: SetOpt = None, debug: bool = False) -> None:
     """Run the whole curation flow and print its report card."""
     settings = guarded(lambda: load_settings(config, set_), debug)
-    if not settings.ingest.sources:
-        fail("setting `ingest.sources`: no input given (add [[ingest.sources]] with a path or hf dataset)")
-    if not settings.reference.sources:
-        fail("setting `reference.sources`: no reference (target) set given")
     from flows.curate import curate
+    from tasks.ingest import check_sources
+
+    guarded(lambda: check_sources(settings), debug)
     from influmix.report import print_run_report
 
     started = time.perf_counter()

@@ -63,6 +63,17 @@ def rows(con: duckdb.DuckDBPyConnection, name: str, params: Sequence[Any] | dict
     return run(con, name, params).fetchall()
 
 
+def arrow(con: duckdb.DuckDBPyConnection, name: str, params: Sequence[Any] | dict | None = None) -> pa.Table:
+    """Result of `sql/<name>.sql` as an Arrow table, without the extra copy a DB-API cursor makes."""
+    return con.sql(sql(name), params=params or None).to_arrow_table()
+
+
+def arrow_reader(con: duckdb.DuckDBPyConnection, name: str, params: Sequence[Any] | dict | None = None,
+                 batch_rows: int = 10_000) -> pa.RecordBatchReader:
+    """Result of `sql/<name>.sql` streamed as Arrow record batches."""
+    return con.sql(sql(name), params=params or None).to_arrow_reader(batch_rows)
+
+
 def insert_arrow(con: duckdb.DuckDBPyConnection, table_sql: str, batch: pa.Table) -> None:
     """Bulk-insert an Arrow table through a `sql/` statement that reads from the relation `batch`.
 

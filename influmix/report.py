@@ -152,6 +152,7 @@ def run_facts(settings, result: RunResult, seconds: float) -> dict[str, Any]:
 
 
 def prefect_location(flow_run_id: str | None) -> str:
+    """A link into the Prefect UI when a server is configured, else how to open the local one."""
     import os
 
     if not flow_run_id:
@@ -159,7 +160,10 @@ def prefect_location(flow_run_id: str | None) -> str:
     api = os.environ.get("PREFECT_API_URL", "")
     if api.endswith("/api"):
         return f"{api[:-4]}/runs/flow-run/{flow_run_id}"
-    return f"{flow_run_id} (local Prefect database; `make serve` to browse runs in the UI)"
+    from prefect.settings import get_current_settings
+
+    home = get_current_settings().home
+    return f"{flow_run_id} (browse: PREFECT_HOME={home} prefect server start)"
 
 
 def print_run_report(settings, result: RunResult, seconds: float, console: Console | None = None) -> None:

@@ -175,6 +175,10 @@ class InfluenceModel(nn.Module):
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         return self.head(self.embed(texts))
 
+    def save(self, directory: str | Path, cfg: InfluenceConfig | None = None) -> Path:
+        """Same as `save_model(self, ...)`: `encoder/` plus the head files."""
+        return save_model(self, directory, cfg)
+
 
 # ----------------------------------------------------------------------------------------------- metrics
 

@@ -73,7 +73,7 @@ def cluster_documents(settings: Settings, run_id: str) -> ClusterStats:
 
 
 def load_centroids(con, run_id: str) -> np.ndarray:
-    table = db.run(con, "load_centroids", {"run_id": run_id}).fetch_arrow_table()
+    table = db.arrow(con, "load_centroids", {"run_id": run_id})
     k = table.num_rows
     flat = table.column("centroid").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return flat.astype(np.float32).reshape(k, -1)

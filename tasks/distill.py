@@ -17,7 +17,15 @@ from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
-from models.influence import InfluenceConfig, predict, predict_texts, save_head, train_influence_head, train_influence_model
+from models.influence import (
+    InfluenceConfig,
+    predict,
+    predict_texts,
+    save_head,
+    save_model,
+    train_influence_head,
+    train_influence_model,
+)
 from models.trainer import resolve_device
 from tasks.embed import iter_document_pages, load_embedder, load_embeddings
 
@@ -67,12 +75,12 @@ def distill_stage(settings: Settings, run_id: str, stage: int) -> DistillStats:
             encoder = load_embedder(settings.embed.model, settings.embed.device, settings.embed.max_seq_length)
             model, report = train_influence_model([texts[t[2]] for t in train], y_train,
                                                   [texts[t[2]] for t in held], y_held, encoder, cfg)
-            model.save(model_dir) if hasattr(model, "save") else save_head(model.head, model_dir)
+            save_model(model, model_dir, cfg)
             scores = np.concatenate([predict_texts(model, texts_page, batch_size=settings.embed.batch_size)
                                      for _, texts_page in iter_document_pages(con, run_id, 1024)])
         else:
             head, report = train_influence_head(X[[t[0] for t in train]], y_train, X[[t[0] for t in held]], y_held, cfg)
-            save_head(head, model_dir)
+            save_head(head, model_dir, cfg)
             scores = predict(head, X)
         with db.transaction(con):
             db.run(con, "delete_influence_scores", {"run_id": run_id, "stage": stage})
@@ -80,8 +88,7 @@ def distill_stage(settings: Settings, run_id: str, stage: int) -> DistillStats:
                 "run_id": [run_id] * len(doc_ids), "stage": [stage] * len(doc_ids), "doc_id": doc_ids,
                 "score": np.asarray(scores, dtype=np.float64),
             }))
-    r = report if isinstance(report, dict) else vars(report)
-    return DistillStats(stage, len(train), len(held), float(r["val_spearman"]), float(r["val_pearson"]),
+    return DistillStats(stage, len(train), len(held), float(report.val_spearman), float(report.val_pearson),
                         len(doc_ids), str(model_dir), cfg.finetune_encoder, time.perf_counter() - started)
 
 

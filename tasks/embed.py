@@ -110,7 +110,7 @@ def embed_documents(settings: Settings, run_id: str, progress: bool = True) -> E
 
 def load_embeddings(con, run_id: str) -> tuple[list[str], np.ndarray]:
     """All of a run's embeddings as (doc_ids, float32 matrix) in doc_id order."""
-    table = db.run(con, "load_embeddings", {"run_id": run_id}).fetch_arrow_table()
+    table = db.arrow(con, "load_embeddings", {"run_id": run_id})
     doc_ids = table.column("doc_id").to_pylist()
     if not doc_ids:
         return [], np.zeros((0, 0), dtype=np.float32)

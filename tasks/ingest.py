@@ -273,6 +273,12 @@ def _sources(sources: list[SourceSettings], section: str) -> list[tuple[SourceSe
     return [(s, resolve_paths(s) if s.path is not None else None) for s in sources]
 
 
+def check_sources(settings: Settings) -> None:
+    """Fail fast, before any heavy work, on a corpus or reference source that cannot be found."""
+    _sources(settings.ingest.sources, "ingest")
+    _sources(settings.reference.sources, "reference")
+
+
 def _records(
     sources: list[tuple[SourceSettings, list[Path] | None]],
 ) -> Iterator[tuple[SourceSettings, Item]]:

@@ -43,7 +43,7 @@ def write_mixture(settings: Settings, run_id: str, selection: Selection) -> dict
 
 
 def mixture_reader(con, run_id: str, stage: int) -> pa.RecordBatchReader:
-    return db.run(con, "mixture_documents", {"run_id": run_id, "stage": stage}).fetch_record_batch(10_000)
+    return db.arrow_reader(con, "mixture_documents", {"run_id": run_id, "stage": stage})
 
 
 def export_mixture(db_path: Path, run_id: str, stage: int, out: Path) -> int:

@@ -39,5 +39,15 @@ def finish_run(settings: Settings, run_id: str, status: str, mlflow_run_id: str 
         db.run(con, "finish_run", {"run_id": run_id, "status": status, "mlflow_run_id": mlflow_run_id})
 
 
+def mark_run_failed(flow, flow_run, state) -> None:
+    """Prefect on_failure hook: the flow's `runs` row says failed instead of running forever."""
+    from influmix.config import load_settings
+
+    params = flow_run.parameters or {}
+    settings = load_settings(params.get("config"), params.get("overrides"))
+    with db.connect(settings.database) as con:
+        db.run(con, "fail_run", {"prefect_flow_run_id": str(flow_run.id)})
+
+
 start_run_task = task(start_run, name="start-run", cache_policy=NO_CACHE)
 finish_run_task = task(finish_run, name="finish-run", cache_policy=NO_CACHE)

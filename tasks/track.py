@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ def track_run(settings: Settings, run_id: str, metrics: dict[str, float], curves
     tags = {"influmix.run_id": run_id, "influmix.config_hash": settings.config_hash()}
     if prefect_flow_run_id:
         tags["prefect.flow_run_id"] = prefect_flow_run_id
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")  # schema/type-hint hints
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_id, tags=tags) as active:
         mlflow.log_params(flatten("", settings.model_dump(mode="json"), {}))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)})

