@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -18,18 +18,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # A fresh Prefect home migrates its database on first start: give the local server time.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
+import typer
+from rich.console import Console
 
-from influmix.config import ConfigError, load_settings  # noqa: E402
+from influmix.config import ConfigError, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML or YAML settings file")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a setting: section.key=value")]
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="DuckDB file (default: from --config, else runs/influmix.duckdb)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML settings file")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a setting: section.key=value")]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="DuckDB file (default: from --config, else runs/influmix.duckdb)")]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -6,8 +6,8 @@ the weights. Input: document embeddings (n x d float32) from the run's embedding
 
 from __future__ import annotations
 
-import numpy as np
 import mlflow
+import numpy as np
 from mlflow.pyfunc import PythonModel
 
 

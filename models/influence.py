@@ -7,8 +7,8 @@ regressor on document embeddings learns those probe scores and then scores the w
 Two modes:
   * frozen encoder (default): an MLP head (`InfluenceHead`) on stored embeddings (`train_influence_head`).
     Seconds on CPU, the right choice for a few hundred probes.
-  * fine-tuned encoder (`finetune_encoder=True`): the SentenceTransformer and the head are trained end to
-    end on raw texts (`train_influence_model`), as MATES does with BERT. Worth it with many probes.
+  * fine-tuned encoder (`finetune_encoder=True`, in `models/influence_encoder.py`): the SentenceTransformer
+    and the head are trained end to end on raw texts, as MATES does with BERT. Worth it with many probes.
 
 Targets are z-scored before training because probe scores are tiny loss differences (~1e-3) whose scale
 drifts between stages; the mean/std are kept as buffers of the head so `predict` returns scores in the
@@ -24,10 +24,10 @@ import contextlib
 import copy
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,12 +36,8 @@ from safetensors.torch import load_file, save_file
 from scipy.stats import pearsonr, spearmanr
 from torch import nn
 
-if TYPE_CHECKING:  # sentence-transformers is heavy to import; only the fine-tune path needs it at runtime.
-    from sentence_transformers import SentenceTransformer
-
 HEAD_WEIGHTS = "influence_head.safetensors"
 HEAD_META = "influence_head.json"
-ENCODER_DIR = "encoder"
 
 
 @dataclass
@@ -126,60 +122,6 @@ class InfluenceHead(nn.Module):
         return np.asarray(z, dtype=np.float64) * float(self.target_std) + float(self.target_mean)
 
 
-def _embedding_dim(encoder: SentenceTransformer) -> int:
-    """sentence-transformers renamed get_sentence_embedding_dimension -> get_embedding_dimension."""
-    fn = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
-    return int(fn())
-
-
-def _encode(encoder: SentenceTransformer, texts: Sequence[str]) -> torch.Tensor:
-    """Pooled sentence embeddings WITH gradients (ST's `encode` runs under no_grad, so it can't train).
-
-    sentence-transformers >= 6 renamed `tokenize` to `preprocess` (the old name still works but warns).
-    """
-    tokenize = getattr(encoder, "preprocess", None) or encoder.tokenize
-    features = tokenize(list(texts))
-    device = next(encoder.parameters()).device
-    features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-    return encoder(features)["sentence_embedding"]
-
-
-def _freeze_token_embeddings(encoder: nn.Module) -> int:
-    """Stop training the encoder's token-embedding table; returns how many parameters were frozen.
-
-    Why: it is half of MiniLM's 22.7M parameters, yet a few hundred probe documents touch only a few
-    thousand of its 30k rows, while AdamW's weight decay would still shrink every row (drifting tokens
-    never seen in training) and its update costs as much as the rest of the model together.
-    """
-    frozen = 0
-    for module in encoder.modules():
-        get = getattr(module, "get_input_embeddings", None)
-        emb = get() if callable(get) else None
-        if isinstance(emb, nn.Embedding) and emb.weight.requires_grad:
-            emb.weight.requires_grad_(False)
-            frozen += emb.weight.numel()
-    return frozen
-
-
-class InfluenceModel(nn.Module):
-    """SentenceTransformer encoder + `InfluenceHead`, trained end to end in `finetune_encoder` mode."""
-
-    def __init__(self, encoder: SentenceTransformer, head: InfluenceHead) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        return _encode(self.encoder, texts)
-
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.head(self.embed(texts))
-
-    def save(self, directory: str | Path, cfg: InfluenceConfig | None = None) -> Path:
-        """Same as `save_model(self, ...)`: `encoder/` plus the head files."""
-        return save_model(self, directory, cfg)
-
-
 # ----------------------------------------------------------------------------------------------- metrics
 
 
@@ -216,7 +158,7 @@ def _ranking_loss(pred: torch.Tensor, target: torch.Tensor, generator: torch.Gen
     return F.softplus(-margin).mean()
 
 
-def _loss(
+def influence_loss(
     pred: torch.Tensor, target: torch.Tensor, cfg: InfluenceConfig, gen: torch.Generator
 ) -> torch.Tensor:
     loss = F.mse_loss(pred, target)
@@ -225,7 +167,7 @@ def _loss(
     return loss
 
 
-class _EarlyStopper:
+class EarlyStopper:
     """Tracks the best validation score; higher Spearman wins, an equal Spearman is broken by lower loss.
 
     The loss tie-break is what makes degenerate validation work: constant predictions give Spearman 0
@@ -314,7 +256,7 @@ def train_influence_head(
         xv = torch.from_numpy(X_val).to(device)
         zv = torch.from_numpy(head.standardise(y_val)).to(device)
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        stopper = _EarlyStopper(cfg.patience)
+        stopper = EarlyStopper(cfg.patience)
         history: list[dict[str, float]] = []
         epochs_run = 0
         for epoch in range(cfg.epochs):
@@ -323,7 +265,7 @@ def train_influence_head(
             total, seen = 0.0, 0
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                loss = _loss(head(xt[idx]), zt[idx], cfg, gen)
+                loss = influence_loss(head(xt[idx]), zt[idx], cfg, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -383,130 +325,6 @@ def predict(head: InfluenceHead, X: np.ndarray, batch_size: int = 4096) -> np.nd
     return head.unstandardise(out)
 
 
-# ------------------------------------------------------------------------------------ fine-tuned mode
-
-
-def train_influence_model(
-    texts_train: Sequence[str],
-    y_train: np.ndarray,
-    texts_val: Sequence[str] | None,
-    y_val: np.ndarray | None,
-    encoder: SentenceTransformer,
-    cfg: InfluenceConfig | None = None,
-) -> tuple[InfluenceModel, InfluenceReport]:
-    """Fine-tune `encoder` + a fresh head end to end on texts (MATES setup); same early stopping.
-
-    The encoder is modified in place (it becomes `model.encoder`); pass a copy if the caller needs the
-    original. Two learning rates: a small one for the pretrained encoder, the head's `cfg.lr` for the head.
-    """
-    cfg = cfg or InfluenceConfig(finetune_encoder=True)
-    texts_train = list(texts_train)
-    y_train = np.asarray(y_train, dtype=np.float64).reshape(-1)
-    if len(texts_train) != len(y_train) or not np.isfinite(y_train).all():
-        raise ValueError("texts_train and y_train must have the same length and finite targets")
-    if texts_val is None or y_val is None or len(y_val) == 0:
-        texts_val, y_val = texts_train, y_train
-    texts_val = list(texts_val)
-    y_val = np.asarray(y_val, dtype=np.float64).reshape(-1)
-    device = torch.device(cfg.device)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        encoder.max_seq_length = cfg.max_seq_length
-        dim = _embedding_dim(encoder)
-        head = InfluenceHead(int(dim), cfg.hidden_dim, cfg.dropout)
-        head.set_target_stats(y_train)
-        head.config = asdict(cfg)
-        if cfg.freeze_token_embeddings:
-            _freeze_token_embeddings(encoder)
-        model = InfluenceModel(encoder, head).to(device)
-        zt = torch.from_numpy(head.standardise(y_train)).to(device)
-        opt = torch.optim.AdamW(
-            [
-                {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.encoder_lr},
-                {"params": model.head.parameters(), "lr": cfg.lr},
-            ],
-            weight_decay=cfg.weight_decay,
-            foreach=True,  # one fused pass over ~100 tensors; the per-tensor loop is the CPU default
-        )
-        stopper = _EarlyStopper(cfg.patience)
-        history: list[dict[str, float]] = []
-        epochs_run = 0
-        for epoch in range(cfg.epochs):
-            model.train()
-            order = torch.randperm(len(texts_train), generator=gen).tolist()
-            total = 0.0
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                loss = _loss(model([texts_train[i] for i in idx]), zt[idx], cfg, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-            pv = _predict_z(model, texts_val, cfg.batch_size)
-            val_loss = float(np.mean((pv - head.standardise(y_val)) ** 2))
-            val_rho = spearman(pv, y_val)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": total / max(len(order), 1),
-                    "val_loss": val_loss,
-                    "val_spearman": val_rho,
-                }
-            )
-            epochs_run = epoch + 1
-            if stopper.step(epoch, val_rho, val_loss, model):
-                break
-        if stopper.best_state is not None:
-            model.load_state_dict(stopper.best_state)
-        model.eval()
-        pv = _predict_z(model, texts_val, cfg.batch_size)
-        pt = _predict_z(model, texts_train, cfg.batch_size)
-    report = InfluenceReport(
-        val_spearman=spearman(pv, y_val),
-        val_pearson=pearson(pv, y_val),
-        train_spearman=spearman(pt, y_train),
-        best_epoch=stopper.best_epoch,
-        epochs_run=epochs_run,
-        val_loss=stopper.best_loss,
-        history=history,
-    )
-    return model, report
-
-
-@torch.no_grad()
-def embed_texts(
-    model: InfluenceModel | SentenceTransformer, texts: Sequence[str], batch_size: int = 64
-) -> np.ndarray:
-    """Embeddings [n, d] float32 from the (possibly fine-tuned) encoder, same pooling as training."""
-    encoder = model.encoder if isinstance(model, InfluenceModel) else model
-    was_training = encoder.training
-    encoder.eval()
-    texts = list(texts)
-    chunks = [
-        _encode(encoder, texts[s : s + batch_size]).float().cpu().numpy()
-        for s in range(0, len(texts), batch_size)
-    ]
-    encoder.train(was_training)
-    if not chunks:
-        return np.zeros((0, _embedding_dim(encoder)), dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32)
-
-
-def _predict_z(model: InfluenceModel, texts: Sequence[str], batch_size: int) -> np.ndarray:
-    model.head.eval()
-    X = embed_texts(model, texts, max(batch_size, 64))  # no activations kept: larger batches are cheaper
-    with torch.no_grad():
-        device = next(model.head.parameters()).device
-        return model.head(torch.from_numpy(X).to(device)).double().cpu().numpy()
-
-
-def predict_texts(model: InfluenceModel, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Score raw texts with a fine-tuned model; float64, original probe units (like `predict`)."""
-    return model.head.unstandardise(_predict_z(model, texts, batch_size))
-
-
 # ----------------------------------------------------------------------------------------- persistence
 
 
@@ -536,19 +354,3 @@ def load_head(directory: str | Path, device: str = "cpu") -> InfluenceHead:
     head.load_state_dict(load_file(str(directory / HEAD_WEIGHTS)))
     head.config = meta.get("config") or {}
     return head.to(device).eval()
-
-
-def save_model(model: InfluenceModel, directory: str | Path, cfg: InfluenceConfig | None = None) -> Path:
-    """Fine-tuned model: `encoder/` (SentenceTransformer.save) next to the head files."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.encoder.save(str(directory / ENCODER_DIR))
-    return save_head(model.head, directory, cfg)
-
-
-def load_model(directory: str | Path, device: str = "cpu") -> InfluenceModel:
-    from sentence_transformers import SentenceTransformer
-
-    directory = Path(directory)
-    encoder = SentenceTransformer(str(directory / ENCODER_DIR), device=device)
-    return InfluenceModel(encoder, load_head(directory, device)).to(device).eval()

@@ -17,15 +17,8 @@ from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
-from models.influence import (
-    InfluenceConfig,
-    predict,
-    predict_texts,
-    save_head,
-    save_model,
-    train_influence_head,
-    train_influence_model,
-)
+from models.influence import InfluenceConfig, predict, save_head, train_influence_head
+from models.influence_encoder import predict_texts, save_model, train_influence_model
 from models.trainer import resolve_device
 from tasks.embed import iter_document_pages, load_embedder, load_embeddings
 

@@ -17,10 +17,24 @@ from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
-from models.proxy_lm import build_proxy_lm, count_params, pack_sequences
-from models.tokenizer import EOS_TOKEN, count_tokens, encode_documents, load_tokenizer, save_tokenizer, train_bpe_tokenizer
-from models.trainer import TrainConfig, load_checkpoint, make_optimizer, resolve_device, save_checkpoint, train
 from models.oracles import reference_loss
+from models.proxy_lm import build_proxy_lm, count_params, pack_sequences
+from models.tokenizer import (
+    EOS_TOKEN,
+    count_tokens,
+    encode_documents,
+    load_tokenizer,
+    save_tokenizer,
+    train_bpe_tokenizer,
+)
+from models.trainer import (
+    TrainConfig,
+    load_checkpoint,
+    make_optimizer,
+    resolve_device,
+    save_checkpoint,
+    train,
+)
 from tasks.embed import iter_document_pages
 
 
@@ -111,7 +125,7 @@ def pretrain_stage(settings: Settings, run_id: str, stage: int, progress: bool =
     tokenizer = load_tokenizer(tokenizer_path(settings, run_id))
     eos = tokenizer.token_to_id(EOS_TOKEN)
     texts = stage_training_texts(settings, run_id, stage)
-    sequences, n_tokens = pack_sequences(encode_documents(tokenizer, texts), settings.proxy.seq_len, eos)
+    sequences, _ = pack_sequences(encode_documents(tokenizer, texts), settings.proxy.seq_len, eos)
     if len(sequences) == 0:
         raise ValueError(f"stage {stage} has too little training text for one sequence of {settings.proxy.seq_len} tokens")
     if stage == 0:

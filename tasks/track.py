@@ -16,14 +16,14 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from influmix import db  # noqa: E402
-from influmix.config import Settings  # noqa: E402
-from influmix.report import mixture_summary  # noqa: E402
+from influmix import db
+from influmix.config import Settings
+from influmix.report import mixture_summary
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 PYFUNC_CODE = Path(__file__).resolve().parents[1] / "influmix" / "influence_pyfunc.py"
@@ -94,7 +94,6 @@ def ensure_experiment(mlflow, settings: Settings) -> str:
 def track_run(settings: Settings, run_id: str, metrics: dict[str, float], curves: dict[str, list[float]],
               prefect_flow_run_id: str | None = None) -> TrackInfo:
     import mlflow
-    import pandas as pd
 
     mlflow.set_tracking_uri(settings.mlflow_uri)
     experiment_id = ensure_experiment(mlflow, settings)

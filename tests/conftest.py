@@ -21,8 +21,8 @@ def tiny_overrides(run_dir: Path, corpus_records: int = 240) -> list[str]:
     """A whole run at toy scale: real data, real models, seconds per stage on 2 CPU cores."""
     return [
         f'run_dir="{run_dir}"',
-        f'ingest.sources=[{{path="{SAMPLE / "corpus.jsonl.gz"}", max_records={corpus_records}}}, '
-        f'{{path="{SAMPLE / "broken.jsonl"}", domain="unknown"}}]',
+        (f'ingest.sources=[{{path="{SAMPLE / "corpus.jsonl.gz"}", max_records={corpus_records}}}, '
+         f'{{path="{SAMPLE / "broken.jsonl"}", domain="unknown"}}]'),
         f'reference.sources=[{{path="{SAMPLE / "reference.jsonl.gz"}"}}]',
         "reference.max_documents=40",
         "embed.max_seq_length=64",

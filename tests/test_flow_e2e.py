@@ -113,7 +113,7 @@ def test_registered_model_scores_embeddings(e2e_run):
     import mlflow
     import numpy as np
 
-    settings, result = e2e_run
+    settings, _ = e2e_run
     mlflow.set_tracking_uri(settings.mlflow_uri)
     model = mlflow.pyfunc.load_model(f"models:/{settings.track.registered_model}@{settings.track.model_alias}")
     scores = model.predict(np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32))

@@ -16,14 +16,16 @@ from models.influence import (
     HEAD_WEIGHTS,
     InfluenceConfig,
     InfluenceHead,
-    InfluenceModel,
-    embed_texts,
     load_head,
-    load_model,
     predict,
-    predict_texts,
     save_head,
     train_influence_head,
+)
+from models.influence_encoder import (
+    InfluenceModel,
+    embed_texts,
+    load_model,
+    predict_texts,
     train_influence_model,
 )
 
