@@ -121,8 +121,8 @@ def run_metrics(ingested, embedded, clustered, tokenizer, stages: list[StageResu
     return metrics, curves
 
 
-def run_facts(settings, result: RunResult, seconds: float) -> dict[str, Any]:
-    """The demo's report card: what went in, what was dropped, what was learnt, what was picked, where it is."""
+def run_facts(result: RunResult, seconds: float) -> dict[str, Any]:
+    """The demo's report card: what went in, what was dropped, what was learnt, what was picked."""
     m = result.metrics
     facts: dict[str, Any] = {
         "records read": int(m.get("records_read", 0)),
@@ -134,21 +134,27 @@ def run_facts(settings, result: RunResult, seconds: float) -> dict[str, Any]:
     }
     for stage in result.stages:
         s = stage.checkpoint.stage
-        facts[f"stage {s}: proxy LM reference loss"] = float(stage.checkpoint.reference_loss)
-        facts[f"stage {s}: probes taken"] = int(stage.probes.probes)
+        facts[f"stage {s} proxy LM reference loss"] = float(stage.checkpoint.reference_loss)
+        facts[f"stage {s} probes taken"] = int(stage.probes.probes)
         if stage.probes.fast_spearman is not None:
-            facts[f"stage {s}: fast vs exact probe Spearman"] = float(stage.probes.fast_spearman)
-        facts[f"stage {s}: influence model held-out Spearman"] = float(stage.influence.heldout_spearman)
-        facts[f"stage {s}: tokens selected / budget"] = f"{stage.selection.tokens:,} / {stage.selection.token_budget:,}"
-    facts["DuckDB file"] = str(Path(result.database).resolve())
-    if result.tracked is not None:
-        facts["MLflow run"] = f"{result.tracked.mlflow_run_id} ({result.tracked.tracking_uri})"
-        if result.tracked.model_version:
-            facts["registered influence model"] = (
-                f"{result.tracked.registered_model} v{result.tracked.model_version} @{settings.track.model_alias}")
-    facts["Prefect flow run"] = prefect_location(result.prefect_flow_run_id)
+            facts[f"stage {s} fast-vs-exact probe Spearman"] = float(stage.probes.fast_spearman)
+        facts[f"stage {s} influence model held-out Spearman"] = float(stage.influence.heldout_spearman)
+        facts[f"stage {s} tokens selected / budget"] = f"{stage.selection.tokens:,} / {stage.selection.token_budget:,}"
     facts["wall time (s)"] = round(seconds, 1)
     return facts
+
+
+def run_locations(settings, result: RunResult) -> list[str]:
+    """Where the run's outputs live, and the command that opens each."""
+    lines = [f"DuckDB   {Path(result.database).resolve()}  (influmix show {result.run_id} --db {result.database})"]
+    if result.tracked is not None:
+        lines.append(f"MLflow   run {result.tracked.mlflow_run_id} in {result.tracked.tracking_uri}"
+                     f"  (mlflow ui --backend-store-uri {result.tracked.tracking_uri})")
+        if result.tracked.model_version:
+            lines.append(f"Registry {result.tracked.registered_model} v{result.tracked.model_version}"
+                         f" @{settings.track.model_alias}")
+    lines.append(f"Prefect  {prefect_location(result.prefect_flow_run_id)}")
+    return lines
 
 
 def prefect_location(flow_run_id: str | None) -> str:
@@ -163,7 +169,7 @@ def prefect_location(flow_run_id: str | None) -> str:
     from prefect.settings import get_current_settings
 
     home = get_current_settings().home
-    return f"{flow_run_id} (browse: PREFECT_HOME={home} prefect server start)"
+    return f"flow run {flow_run_id}  (PREFECT_HOME={home} prefect server start)"
 
 
 def print_run_report(settings, result: RunResult, seconds: float, console: Console | None = None) -> None:
@@ -171,5 +177,6 @@ def print_run_report(settings, result: RunResult, seconds: float, console: Conso
     summary = mixture_summary(Path(result.database), result.run_id)
     for table in composition_tables(summary):
         console.print(table)
-    console.print(report_card(run_facts(settings, result, seconds)))
-    console.print(f"show it again: influmix show {result.run_id} --db {result.database}")
+    console.print(report_card(run_facts(result, seconds)))
+    for line in run_locations(settings, result):
+        console.print(line, soft_wrap=True, highlight=False)
