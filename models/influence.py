@@ -75,6 +75,20 @@ class InfluenceReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_fit(cls, pred_val, y_val, pred_train, y_train, stopper: EarlyStopper, epochs_run: int,
+                 history: list[dict[str, float]]) -> InfluenceReport:
+        """The report of a finished fit: correlations of the kept (best) model's predictions."""
+        return cls(
+            val_spearman=spearman(pred_val, y_val),
+            val_pearson=pearson(pred_val, y_val),
+            train_spearman=spearman(pred_train, y_train),
+            best_epoch=stopper.best_epoch,
+            epochs_run=epochs_run,
+            val_loss=stopper.best_loss,
+            history=history,
+        )
+
 
 class InfluenceHead(nn.Module):
     """MLP regressor on a document embedding: LayerNorm -> Linear -> GELU -> Dropout -> Linear(1).
@@ -294,15 +308,7 @@ def train_influence_head(
         with torch.no_grad():
             pv = head(xv).cpu().numpy()
             pt = head(xt).cpu().numpy()
-    report = InfluenceReport(
-        val_spearman=spearman(pv, y_val),
-        val_pearson=pearson(pv, y_val),
-        train_spearman=spearman(pt, y_train),
-        best_epoch=stopper.best_epoch,
-        epochs_run=epochs_run,
-        val_loss=stopper.best_loss,
-        history=history,
-    )
+    report = InfluenceReport.from_fit(pv, y_val, pt, y_train, stopper, epochs_run, history)
     return head, report
 
 

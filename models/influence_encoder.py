@@ -23,7 +23,6 @@ from models.influence import (
     InfluenceReport,
     influence_loss,
     load_head,
-    pearson,
     save_head,
     spearman,
 )
@@ -169,15 +168,7 @@ def train_influence_model(
         model.eval()
         pv = _predict_z(model, texts_val, cfg.batch_size)
         pt = _predict_z(model, texts_train, cfg.batch_size)
-    report = InfluenceReport(
-        val_spearman=spearman(pv, y_val),
-        val_pearson=pearson(pv, y_val),
-        train_spearman=spearman(pt, y_train),
-        best_epoch=stopper.best_epoch,
-        epochs_run=epochs_run,
-        val_loss=stopper.best_loss,
-        history=history,
-    )
+    report = InfluenceReport.from_fit(pv, y_val, pt, y_train, stopper, epochs_run, history)
     return model, report
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +17,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
+# A proxy LM small enough for unit tests to train and probe in seconds.
+SMALL_LM = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def sample_texts(n: int = 300, max_chars: int | None = None) -> list[str]:
+    """The first n texts of the bundled sample corpus: real, multi-domain, junk included."""
+    texts = []
+    with gzip.open(SAMPLE / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            texts.append(json.loads(line)["text"][:max_chars])
+            if len(texts) == n:
+                break
+    return texts
 
 
 def tiny_overrides(run_dir: Path, corpus_records: int = 240) -> list[str]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,9 +26,7 @@ from models.influence_encoder import (
     predict_texts,
     train_influence_model,
 )
-
-# real text: the sample bundled with the repo, else made-up text
-CORPORA = [Path(__file__).resolve().parents[1] / "data" / "sample" / "corpus.jsonl.gz"]
+from tests.conftest import sample_texts
 
 
 def _linear_data(
@@ -123,18 +119,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def _texts(n: int = 96) -> list[str]:
-    for corpus in CORPORA:
-        if not corpus.exists():
-            continue
-        texts = []
-        with gzip.open(corpus, "rt", encoding="utf-8") as f:
-            for line in f:
-                texts.append(json.loads(line)["text"][:300])
-                if len(texts) == n:
-                    return texts
-    rng = np.random.default_rng(0)
-    words = ["the", "model", "data", "river", "price", "2019", "42", "court", "vote", "7", "city", "rain"]
-    return [" ".join(rng.choice(words, size=rng.integers(4, 15))) for _ in range(n)]
+    return sample_texts(n, max_chars=300)
 
 
 def _digit_fraction(text: str) -> float:

@@ -8,9 +8,6 @@ float64 with a small probe lr the first-order estimate reproduces the exact orac
 from __future__ import annotations
 
 import copy
-import gzip
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,43 +17,19 @@ from models.oracles import ProbeConfig, exact_probe, exact_probes, fast_probes, 
 from models.proxy_lm import build_proxy_lm, document_tensor, pack_sequences
 from models.tokenizer import encode_documents, train_bpe_tokenizer
 from models.trainer import TrainConfig, make_optimizer, train
+from tests.conftest import SMALL_LM, sample_texts
 
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "sample" / "corpus.jsonl.gz"
 SEQ_LEN = 64
-SMALL = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
-FALLBACK = [
-    "The river rises in the northern hills and flows south through farmland to the sea.",
-    "Parliament debated the budget for several hours before the vote was taken late at night.",
-    "A dictionary lists the words of a language with their meanings and pronunciations.",
-    "The function returns a new list containing all items of the iterable in ascending order.",
-    "Researchers reported that the vaccine reduced hospital admissions by nearly half.",
-    "She opened the letter slowly, afraid of what the news from home might be.",
-    "The committee will publish its findings in a report to the minister next spring.",
-    "Photosynthesis converts light energy into chemical energy stored in sugars.",
-] * 8
-
-
-def load_texts(n: int = 300) -> list[str]:
-    """First n records of the bundled sample corpus, or a built-in handful of sentences when it is absent."""
-    if not CORPUS.exists():
-        return FALLBACK
-    texts = []
-    with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
-        for line in f:
-            texts.append(json.loads(line)["text"])
-            if len(texts) == n:
-                break
-    return texts
 
 
 @pytest.fixture(scope="module")
 def setup():
     """A tiny proxy after 20 training steps (non-trivial Adam moments), its state, reference rows, 12 docs."""
-    texts = load_texts()
+    texts = sample_texts()
     tok = train_bpe_tokenizer(texts, vocab_size=512)
     ids = encode_documents(tok, texts)
     rows, _ = pack_sequences(ids[: len(ids) // 2], SEQ_LEN, eos_id=0)
-    model = build_proxy_lm("tiny", vocab_size=512, seq_len=SEQ_LEN, seed=0, overrides=SMALL)
+    model = build_proxy_lm("tiny", vocab_size=512, seq_len=SEQ_LEN, seed=0, overrides=SMALL_LM)
     cfg = TrainConfig(
         steps=20,
         batch_size=8,

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -33,37 +29,12 @@ from models.trainer import (
     save_checkpoint,
     train,
 )
-
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "sample" / "corpus.jsonl.gz"
-SMALL = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
-FALLBACK = [
-    "The river rises in the northern hills and flows south through farmland to the sea.",
-    "Parliament debated the budget for several hours before the vote was taken late at night.",
-    "A dictionary lists the words of a language with their meanings and pronunciations.",
-    "The function returns a new list containing all items of the iterable in ascending order.",
-    "Researchers reported that the vaccine reduced hospital admissions by nearly half.",
-    "She opened the letter slowly, afraid of what the news from home might be.",
-    "The committee will publish its findings in a report to the minister next spring.",
-    "Photosynthesis converts light energy into chemical energy stored in sugars.",
-] * 8
-
-
-def load_texts(n: int = 300) -> list[str]:
-    """First n records of the bundled sample corpus, or a built-in handful of sentences when it is absent."""
-    if not CORPUS.exists():
-        return FALLBACK
-    texts = []
-    with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
-        for line in f:
-            texts.append(json.loads(line)["text"])
-            if len(texts) == n:
-                break
-    return texts
+from tests.conftest import SMALL_LM, sample_texts
 
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    return load_texts()
+    return sample_texts()
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +127,7 @@ def _assert_optimizer_states_equal(a: dict, b: dict) -> None:
 
 def test_training_reduces_loss_and_checkpoint_round_trip(tok, texts, tmp_path):
     rows, _ = pack_sequences(encode_documents(tok, texts), seq_len=64, eos_id=0)
-    model = build_proxy_lm("tiny", vocab_size=512, seq_len=64, seed=0, overrides=SMALL)
+    model = build_proxy_lm("tiny", vocab_size=512, seq_len=64, seed=0, overrides=SMALL_LM)
     cfg = train_config()
     optimizer = make_optimizer(model, cfg)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
