@@ -146,3 +146,15 @@ def test_prefect_flow_run_completed_with_every_stage(e2e_run):
     for stage in ("pretrain", "probe", "distill", "select", "write-mixture"):
         for s in range(settings.stages):
             assert f"{stage}[stage={s}]" in names, (stage, s, names)
+
+
+def test_a_failed_flow_marks_its_run_failed_and_raises_the_user_error(tmp_path, prefect_harness):
+    from flows.curate import curate
+    from influmix.config import ConfigError, load_settings
+    from tests.conftest import tiny_overrides
+
+    overrides = [*tiny_overrides(tmp_path / "runs", corpus_records=30), "cluster.k=100", "run_id=doomed"]
+    with pytest.raises(ConfigError, match="cluster.k"):
+        curate(None, overrides)
+    settings = load_settings(None, overrides)
+    assert query(settings, "SELECT status FROM runs WHERE run_id = 'doomed'") == [("failed",)]
