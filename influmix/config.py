@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
 
 class ConfigError(ValueError):
@@ -64,7 +67,7 @@ class EmbedSettings(_Section):
     model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers id or local path")
     batch_size: int = Field(32, ge=1)
     max_seq_length: int = Field(128, ge=8)
-    device: str = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N | mps")
 
 
 class ClusterSettings(_Section):
@@ -73,7 +76,7 @@ class ClusterSettings(_Section):
 
 
 class ProxySettings(_Section):
-    preset: str = Field("tiny", description="tiny | 25m | 125m | 410m")
+    preset: Literal["tiny", "25m", "125m", "410m"] = Field("tiny", description="GPTNeoX size preset")
     vocab_size: int = Field(4096, ge=260)
     seq_len: int = Field(128, ge=16)
     tokenizer_max_docs: int = Field(20_000, ge=10)
@@ -85,7 +88,7 @@ class ProxySettings(_Section):
     beta1: float = Field(0.9, gt=0, lt=1)
     beta2: float = Field(0.95, gt=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
-    device: str = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N | mps")
     bf16: bool = True
     compile: bool = False
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from models import fast_oracle
 from models.proxy_lm import lm_loss
 from models.trainer import param_groups
 
@@ -168,70 +169,3 @@ def exact_probes(
     return ProbeScores(scores=table[:, 0], loss_before=table[:, 1], loss_after=table[:, 2])
 
 
-def _adam_moments(
-    model: torch.nn.Module, optimizer_state: dict[str, Any] | None, cfg: ProbeConfig
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]]:
-    """(param, exp_avg, exp_avg_sq, step, weight decay) per parameter, from the saved state (zeros if none).
-
-    Saved states index parameters by position within the trainer's param groups; that is the map used here.
-    """
-    groups = param_groups(model, cfg.weight_decay)
-    saved_state = (optimizer_state or {}).get("state", {})
-    saved_groups = (optimizer_state or {}).get("param_groups")
-    entries = []
-    for g, group in enumerate(groups):
-        ids = saved_groups[g]["params"] if saved_groups else [None] * len(group["params"])
-        for p, pid in zip(group["params"], ids):
-            state = saved_state.get(pid, {})
-            if state:
-                m = state["exp_avg"].to(device=p.device, dtype=p.dtype)
-                v = state["exp_avg_sq"].to(device=p.device, dtype=p.dtype)
-                step = float(state["step"])
-            else:  # fresh optimizer: Adam's first step starts from zero moments
-                m, v, step = torch.zeros_like(p), torch.zeros_like(p), 0.0
-            entries.append((p, m, v, step, group["weight_decay"]))
-    return entries
-
-
-def fast_probes(
-    model: torch.nn.Module,
-    optimizer_state: dict[str, Any] | None,
-    docs: list[torch.Tensor],
-    ref: torch.Tensor,
-    cfg: ProbeConfig,
-    progress: bool = True,
-) -> np.ndarray:
-    """First-order estimate of `exact_probe`'s score for each document: <g_ref, AdamW update on doc alone>.
-
-    Gradients come from torch.autograd.grad, so the model's weights and .grad are never touched. The per-doc
-    loop costs one forward+backward on the document; the reference set is evaluated once, not per document.
-    """
-    entries = _adam_moments(model, optimizer_state, cfg)
-    params = [e[0] for e in entries]
-    b1, b2 = cfg.beta1, cfg.beta2
-    estimates = np.zeros(len(docs), dtype=np.float64)
-    with _exact_numerics(model) as device:
-        g_ref = [torch.zeros_like(p) for p in params]
-        for loss_sum, n_tokens in _reference_loss_sum(model, ref, REFERENCE_BATCH, device):
-            for acc, g in zip(g_ref, torch.autograd.grad(loss_sum / n_tokens, params)):
-                acc += g
-        # The decoupled weight decay p <- p (1 - lr wd) moves every probe the same way: a shared term.
-        with torch.no_grad():
-            decay_term = cfg.lr * sum(
-                wd * torch.sum(gr * p).item() for gr, (p, _, _, _, wd) in zip(g_ref, entries)
-            )
-        for i, doc in enumerate(tqdm(docs, desc="fast probes", disable=not progress)):
-            grads = torch.autograd.grad(lm_loss(model, doc.to(device)), params)
-            with torch.no_grad():
-                # the real step clips first: the same coefficient as torch.nn.utils.clip_grad_norm_
-                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-                clip = (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0) if cfg.grad_clip > 0 else 1.0
-                total = torch.zeros((), dtype=torch.float64, device=device)  # one GPU sync per document
-                for gr, g, (p, m, v, step, _) in zip(g_ref, grads, entries):
-                    g = g * clip
-                    t = step + 1
-                    m_hat = (b1 * m + (1 - b1) * g) / (1 - b1**t)
-                    v_hat = (b2 * v + (1 - b2) * g * g) / (1 - b2**t)
-                    total += torch.sum(gr * m_hat / (v_hat.sqrt() + cfg.eps)).double()
-                estimates[i] = decay_term + cfg.lr * total.item()
-    return estimates

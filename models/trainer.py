@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_model
 from tqdm.auto import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from models.flops import device_peak_flops, flops_per_token, mfu
 from models.proxy_lm import lm_loss
 
 
@@ -43,13 +44,21 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What one call of `train` did: per-step losses and throughput."""
+    """What one call of `train` did: per-step losses, throughput and model-FLOPs utilisation.
+
+    `seconds` is the whole call's wall time; `tokens_per_s` is the steady-state throughput, which leaves
+    out the first (compile) step when `cfg.compile` is on. `model_flops_per_s` = tokens_per_s *
+    flops_per_token (see models.flops); `mfu` is per device and None where no peak is known (CPU).
+    """
 
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
     tokens_per_s: float = 0.0
     steps: int = 0
+    flops_per_token: float = 0.0
+    model_flops_per_s: float = 0.0
+    mfu: float | None = None
 
 
 def resolve_device(name: str) -> str:
@@ -98,6 +107,91 @@ def _batch_indices(n_rows: int, n_needed: int, generator: torch.Generator) -> to
     return torch.cat(epochs)[:n_needed]
 
 
+def batch_order(n_rows: int, cfg: TrainConfig, step_offset: int = 0) -> torch.Tensor:
+    """Row indices [steps, batch_size] of a stage, from a generator seeded by (seed, step_offset).
+
+    A stage is reproducible and two stages do not replay the same order; data-parallel ranks call this
+    with the same arguments, so they all see the same global batches and each takes its own slice.
+    """
+    if n_rows < 1:
+        raise ValueError("sequences must be a non-empty [n, seq_len] tensor")
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step_offset)
+    return _batch_indices(n_rows, cfg.steps * cfg.batch_size, generator).view(cfg.steps, cfg.batch_size)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued CUDA kernels: without it the clock measures kernel launches, not the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _compute_dtype(model: torch.nn.Module, use_bf16: bool, device: torch.device) -> str:
+    """The matmul precision the peak must be taken for: float32 matmuls run as TF32 on CUDA if enabled."""
+    if use_bf16:
+        return "bf16"
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32 and device.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return str(dtype)
+
+
+def run_steps(
+    model: torch.nn.Module,
+    forward_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sequences: torch.Tensor,
+    order: torch.Tensor,
+    cfg: TrainConfig,
+    step_offset: int = 0,
+    progress: bool = True,
+    world_size: int = 1,
+) -> TrainResult:
+    """The training loop shared by `train` and models.distributed.train_ddp.
+
+    `forward_model` computes the loss (the model itself, or its compiled / DDP wrapper); `model` owns the
+    parameters that are clipped. `order` [steps, rows] holds this process's rows of each step, so with
+    `world_size` data-parallel ranks the tokens (and tokens/s) reported are rows * world_size per step.
+    Losses are this process's per-step means. With `cfg.compile`, the first step (tracing + compilation,
+    tens of seconds on a GPU) is left out of the throughput when there is more than one step.
+    """
+    device = torch.device(cfg.device)
+    use_bf16 = cfg.bf16 and device.type == "cuda"  # bf16 autocast only on CUDA: on CPU it is slower
+    losses: list[torch.Tensor] = []
+    _sync(device)
+    start = measure_from = time.perf_counter()
+    warmup = 1 if cfg.compile and cfg.steps > 1 else 0
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)
+    for i in bar:
+        lr = lr_at(step_offset + i, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = sequences[order[i]].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = lm_loss(forward_model, batch)
+        loss.backward()
+        if cfg.grad_clip > 0:  # under DDP the grads are already all-reduced here: this clips the global grad
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        if i + 1 == warmup:
+            _sync(device)
+            measure_from = time.perf_counter()
+        if progress and (i % 10 == 0 or i == cfg.steps - 1):  # .item() syncs the GPU: not every step
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+    loss_values = torch.stack(losses).float().cpu().tolist() if losses else []
+    _sync(device)
+    end = time.perf_counter()
+    tokens_per_step = order.shape[1] * sequences.shape[1] * world_size
+    tokens_per_s = (cfg.steps - warmup) * tokens_per_step / max(end - measure_from, 1e-9)
+    fpt = flops_per_token(model, sequences.shape[1])
+    peak = device_peak_flops(cfg.device, _compute_dtype(model, use_bf16, device))
+    return TrainResult(
+        loss_values, cfg.steps * tokens_per_step, end - start, tokens_per_s, cfg.steps,
+        fpt, fpt * tokens_per_s, mfu(tokens_per_s, fpt, peak * world_size if peak else None),
+    )
+
+
 def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -108,42 +202,15 @@ def train(
 ) -> TrainResult:
     """Train `model` for `cfg.steps` steps on rows of `sequences` [n, seq_len] (packed, see pack_sequences).
 
-    Batches are drawn with a generator seeded by (seed, step_offset), so a stage is reproducible and two
-    stages do not replay the same order. bf16 autocast is used only on CUDA; on CPU it is slower.
+    Batches come from `batch_order` (seeded by (seed, step_offset)). bf16 autocast is used only on CUDA;
+    the optimizer from `make_optimizer` is the fused AdamW there.
     """
     if sequences.ndim != 2 or len(sequences) == 0:
         raise ValueError("sequences must be a non-empty [n, seq_len] tensor")
-    device = torch.device(cfg.device)
-    model.to(device).train()
+    model.to(torch.device(cfg.device)).train()
     forward_model = torch.compile(model) if cfg.compile else model
-    use_bf16 = cfg.bf16 and device.type == "cuda"
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step_offset)
-    order = _batch_indices(len(sequences), cfg.steps * cfg.batch_size, generator).view(
-        cfg.steps, cfg.batch_size
-    )
-
-    losses: list[torch.Tensor] = []
-    start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)
-    for i in bar:
-        lr = lr_at(step_offset + i, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = sequences[order[i]].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = lm_loss(forward_model, batch)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-        if progress and (i % 10 == 0 or i == cfg.steps - 1):  # .item() syncs the GPU: not every step
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-    loss_values = torch.stack(losses).float().cpu().tolist() if losses else []
-    seconds = time.perf_counter() - start
-    tokens = cfg.steps * cfg.batch_size * sequences.shape[1]
-    return TrainResult(loss_values, tokens, seconds, tokens / max(seconds, 1e-9), cfg.steps)
+    order = batch_order(len(sequences), cfg, step_offset)
+    return run_steps(model, forward_model, optimizer, sequences, order, cfg, step_offset, progress)
 
 
 def save_checkpoint(

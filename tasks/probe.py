@@ -37,10 +37,12 @@ class ProbeStats:
 
     def as_metrics(self) -> dict[str, float]:
         metrics = {"probes": self.probes, "probe_exact_mean": self.exact_mean, "probe_exact_std": self.exact_std,
-                   "probe_exact_s": self.exact_seconds_per_probe}
+                   "probe_exact_s": self.exact_seconds_per_probe,
+                   "exact_probes_per_s": 1.0 / max(self.exact_seconds_per_probe, 1e-12)}
         if self.fast_spearman is not None:
             metrics["probe_fast_spearman"] = self.fast_spearman
             metrics["probe_fast_s"] = self.fast_seconds_per_probe or 0.0
+            metrics["fast_probes_per_s"] = 1.0 / max(self.fast_seconds_per_probe or 0.0, 1e-12)
         return metrics
 
 

@@ -41,6 +41,8 @@ def test_yaml_config(tmp_path):
         ("proxy.lr=0", "proxy.lr"),
         ("select.bogus=1", "select.bogus"),
         ("stages=zero", "stages"),
+        ("proxy.preset=huge", "proxy.preset"),
+        ("embed.device=gpu0", "embed.device"),
     ],
 )
 def test_bad_values_name_the_setting(override, named):
