@@ -84,6 +84,19 @@ def show(run_id: str, config: ConfigOpt = None, db: DbOpt = None, debug: bool = 
 
 
 @app.command()
+def compare(run_ids: list[str], config: ConfigOpt = None, set_: SetOpt = None, db: DbOpt = None,
+            debug: bool = False) -> None:
+    """Compare runs side by side: config differences, tokens, shares, overlap, influence, reference loss."""
+    from influmix.compare import print_comparison
+
+    if len(set(run_ids)) < 2:
+        fail("compare needs at least two different run ids")
+    settings = guarded(lambda: load_settings(config, set_))
+    path = db or settings.database
+    guarded(lambda: print_comparison(path, run_ids, settings.mlflow_uri, console), debug)
+
+
+@app.command()
 def runs(config: ConfigOpt = None, db: DbOpt = None) -> None:
     """List the runs in the database."""
     from rich.table import Table

@@ -176,19 +176,28 @@ def train_influence_model(
 def embed_texts(
     model: InfluenceModel | SentenceTransformer, texts: Sequence[str], batch_size: int = 64
 ) -> np.ndarray:
-    """Embeddings [n, d] float32 from the (possibly fine-tuned) encoder, same pooling as training."""
+    """Embeddings [n, d] float32 from the (possibly fine-tuned) encoder, same pooling as training.
+
+    Batches are formed over texts sorted by length (rows come back in input order): a batch is padded to
+    its longest text, and on mixed-length pools (tweets next to articles) sorting made scoring ~2x faster
+    on CPU (benchmarks/influence_study.py), as in SentenceTransformer.encode.
+    """
     encoder = model.encoder if isinstance(model, InfluenceModel) else model
     was_training = encoder.training
     encoder.eval()
     texts = list(texts)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    sorted_texts = [texts[i] for i in order]
     chunks = [
-        _encode(encoder, texts[s : s + batch_size]).float().cpu().numpy()
-        for s in range(0, len(texts), batch_size)
+        _encode(encoder, sorted_texts[s : s + batch_size]).float().cpu().numpy()
+        for s in range(0, len(sorted_texts), batch_size)
     ]
     encoder.train(was_training)
     if not chunks:
         return np.zeros((0, _embedding_dim(encoder)), dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32)
+    out = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
+    out[order] = np.concatenate(chunks)
+    return out
 
 
 def _predict_z(model: InfluenceModel, texts: Sequence[str], batch_size: int) -> np.ndarray:

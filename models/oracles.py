@@ -33,6 +33,12 @@ from models.trainer import param_groups
 
 REFERENCE_BATCH = 16
 """Reference rows per forward pass when evaluating the reference loss or its gradient."""
+EXACT_GPU_BATCH = 8
+"""Candidates per vmapped exact probe on CUDA (B stacked copies of the weights and B reference passes)."""
+FAST_BATCH = 16
+"""Documents per vmap(grad) call in the fast probes (per-document gradients: B copies of the weights)."""
+DEFAULT_ESTIMATOR = "shifted"
+"""`fast_probes`' estimator; the evidence for the choice is in the module docstring."""
 
 
 @dataclass
@@ -158,8 +164,18 @@ def exact_probes(
     ref: torch.Tensor,
     cfg: ProbeConfig,
     progress: bool = True,
+    batch: int | None = None,
 ) -> ProbeScores:
-    """`exact_probe` for each document; the reference loss before the step is computed once."""
+    """`exact_probe` for each document; the reference loss before the step is computed once.
+
+    `batch` None picks the implementation by device: `exact_probes_batched` (8 candidates per vmap) on
+    CUDA, where it fills the GPU, and the sequential loop on CPU, where it measured no faster (see
+    benchmarks/oracle_probes.py). 0 forces the loop, a positive number the batched path with that batch.
+    """
+    if batch is None:
+        batch = EXACT_GPU_BATCH if next(model.parameters()).is_cuda else 0
+    if batch > 0:
+        return exact_probes_batched(model, optimizer_state, docs, ref, cfg, batch)
     loss_before = reference_loss(model, ref)
     rows = [
         exact_probe(model, optimizer_state, doc, ref, cfg, loss_before)
@@ -169,3 +185,92 @@ def exact_probes(
     return ProbeScores(scores=table[:, 0], loss_before=table[:, 1], loss_after=table[:, 2])
 
 
+
+
+def exact_probes_batched(
+    model: torch.nn.Module,
+    optimizer_state: dict[str, Any] | None,
+    docs: list[torch.Tensor],
+    ref: torch.Tensor,
+    cfg: ProbeConfig,
+    batch: int = EXACT_GPU_BATCH,
+) -> ProbeScores:
+    """The exact oracle for `batch` candidates at a time with torch.func (same scores as `exact_probes`).
+
+    The AdamW step is re-derived functionally (fast_oracle.adamw_step) from a read-only view of the saved
+    moments, so neither the weights nor `optimizer_state` are ever written.
+    """
+    loss_before = reference_loss(model, ref)
+    with _exact_numerics(model) as device:
+        snap = fast_oracle.snapshot(model, optimizer_state, cfg.weight_decay)
+        after = fast_oracle.exact_batched(
+            model, snap, [d.to(device) for d in docs], ref.to(device), cfg, batch, REFERENCE_BATCH
+        )
+    before = np.full(len(docs), loss_before)
+    return ProbeScores(scores=before - after, loss_before=before, loss_after=after)
+
+
+def fast_probes(
+    model: torch.nn.Module,
+    optimizer_state: dict[str, Any] | None,
+    docs: list[torch.Tensor],
+    ref: torch.Tensor,
+    cfg: ProbeConfig,
+    progress: bool = True,
+    method: str = DEFAULT_ESTIMATOR,
+    batch: int = FAST_BATCH,
+) -> np.ndarray:
+    """Cheap estimate of `exact_probe`'s score per document (`method`: see fast_oracle.ESTIMATORS, or
+    "first_order_loop", the per-document backward-loop version of "first_order", kept as the fallback).
+
+    The model's weights and .grad are never touched and the reference set is evaluated once (twice for
+    "shifted"), never per document.
+    """
+    if method == "first_order_loop":
+        return _first_order_loop(model, optimizer_state, docs, ref, cfg, progress)
+    with _exact_numerics(model) as device:
+        snap = fast_oracle.snapshot(model, optimizer_state, cfg.weight_decay)
+        out = fast_oracle.estimate(
+            model, snap, [d.to(device) for d in docs], ref.to(device), cfg, (method,), batch, REFERENCE_BATCH
+        )
+    return out[method]
+
+
+def _first_order_loop(
+    model: torch.nn.Module,
+    optimizer_state: dict[str, Any] | None,
+    docs: list[torch.Tensor],
+    ref: torch.Tensor,
+    cfg: ProbeConfig,
+    progress: bool = True,
+) -> np.ndarray:
+    """<g_ref, AdamW update on doc alone> with one autograd backward per document (no torch.func)."""
+    entries = fast_oracle.adam_moments(model, optimizer_state, cfg.weight_decay)
+    params = [e[0] for e in entries]
+    b1, b2 = cfg.beta1, cfg.beta2
+    estimates = np.zeros(len(docs), dtype=np.float64)
+    with _exact_numerics(model) as device:
+        g_ref = [torch.zeros_like(p) for p in params]
+        for loss_sum, n_tokens in _reference_loss_sum(model, ref, REFERENCE_BATCH, device):
+            for acc, g in zip(g_ref, torch.autograd.grad(loss_sum / n_tokens, params)):
+                acc += g
+        # The decoupled weight decay p <- p (1 - lr wd) moves every probe the same way: a shared term.
+        with torch.no_grad():
+            decay_term = cfg.lr * sum(
+                wd * torch.sum(gr * p).item() for gr, (p, _, _, _, wd) in zip(g_ref, entries)
+            )
+        for i, doc in enumerate(tqdm(docs, desc="fast probes", disable=not progress)):
+            grads = torch.autograd.grad(lm_loss(model, doc.to(device)), params)
+            with torch.no_grad():
+                # the real step clips first: the same coefficient as torch.nn.utils.clip_grad_norm_
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                clip = (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0) if cfg.grad_clip > 0 else 1.0
+                total = torch.zeros((), dtype=torch.float64, device=device)  # one GPU sync per document
+                for gr, g, (p, m, v, step, _) in zip(g_ref, grads, entries):
+                    g = g * clip
+                    t = step + 1
+                    m_hat = (b1 * m + (1 - b1) * g) / (1 - b1**t)
+                    v_hat = (b2 * v + (1 - b2) * g * g) / (1 - b2**t)
+                    total += torch.sum(gr * m_hat / (v_hat.sqrt() + cfg.eps)).double()
+                estimates[i] = decay_term + cfg.lr * total.item()
+    return estimates

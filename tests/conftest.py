@@ -75,3 +75,14 @@ def e2e_run(tmp_path_factory, prefect_harness):
     overrides = tiny_overrides(run_dir)
     result = curate(None, overrides)
     return load_settings(None, overrides), result
+
+
+@pytest.fixture(scope="session")
+def second_run(e2e_run):
+    """A second run beside the first, with other bandit settings: what `influmix compare` is for."""
+    from flows.curate import curate
+
+    settings, _ = e2e_run
+    overrides = [*tiny_overrides(settings.run_dir), "select.ucb_alpha=0.0", "select.exploit_batch=4",
+                 "track.registered_model=influmix-influence-second"]
+    return curate(None, overrides)

@@ -67,3 +67,19 @@ def test_export_parquet_and_jsonl(tmp_path, e2e_run):
     with gzip.open(out_jsonl, "rt") as fh:
         rows = [json.loads(line) for line in fh]
     assert rows and all(r["stage"] == 0 and r["text"] for r in rows)
+
+
+def test_compare_two_runs(e2e_run, second_run):
+    settings, first = e2e_run
+    proc = influmix("compare", first.run_id, second_run.run_id, "--db", str(settings.database),
+                    "--set", f'run_dir="{settings.run_dir}"')
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "select.ucb_alpha" in out and "select.exploit_batch" in out  # the config differences
+    assert "token share by domain" in out and "Jaccard" in out
+    assert first.tracked.mlflow_run_id in out and second_run.tracked.mlflow_run_id in out
+
+
+def test_compare_needs_two_runs(e2e_run):
+    settings, first = e2e_run
+    assert_clean_error(influmix("compare", first.run_id, first.run_id, "--db", str(settings.database)), "two")

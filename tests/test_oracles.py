@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.oracles import ProbeConfig, exact_probe, exact_probes, fast_probes, reference_loss
+from models.oracles import (
+    ProbeConfig,
+    exact_probe,
+    exact_probes,
+    exact_probes_batched,
+    fast_probes,
+    reference_loss,
+)
 from models.proxy_lm import build_proxy_lm, document_tensor, pack_sequences
 from models.tokenizer import encode_documents, train_bpe_tokenizer
 from models.trainer import TrainConfig, make_optimizer, train
@@ -130,3 +137,72 @@ def test_fast_probes_match_exact_oracle_in_float64(setup, fresh):
     fast = fast_probes(model64, state, docs, ref, cfg, progress=False)
     assert np.corrcoef(exact, fast)[0, 1] > 0.99
     np.testing.assert_allclose(fast, exact, rtol=2e-3)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-6), (torch.float32, 1e-4)], ids=["float64", "float32"])
+def test_batched_exact_probes_match_sequential(setup, dtype, rtol):
+    """The vmapped exact probe re-derives clip + AdamW functionally: it must reproduce the real step."""
+    model, state, ref, docs = setup
+    model = copy.deepcopy(model).to(dtype)
+    before_w, before_state = weights(model), snapshot_state(state)
+    cfg = probe_config()
+    seq = exact_probes(model, state, docs, ref, cfg, progress=False, batch=0)
+    bat = exact_probes_batched(model, state, docs, ref, cfg, batch=5)  # uneven chunks, mixed lengths
+    np.testing.assert_allclose(bat.loss_after, seq.loss_after, rtol=rtol / 100)
+    np.testing.assert_allclose(bat.scores, seq.scores, rtol=0, atol=rtol * np.abs(seq.scores).max())
+    assert all(torch.equal(a, b) for a, b in zip(before_w, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+    assert_states_equal(state, before_state)
+
+
+def test_exact_probes_on_cpu_default_to_sequential(setup):
+    model, state, ref, docs = setup
+    cfg = probe_config()
+    np.testing.assert_array_equal(
+        exact_probes(model, state, docs[:2], ref, cfg, progress=False).scores,
+        [exact_probe(model, state, d, ref, cfg)[0] for d in docs[:2]],
+    )
+
+
+def test_vmap_first_order_equals_loop(setup):
+    """Bucketed, right-padded vmap(grad) gives the same per-document gradients as a backward per doc."""
+    model, state, ref, docs = setup
+    model64 = copy.deepcopy(model).double()
+    cfg = probe_config()
+    loop = fast_probes(model64, state, docs, ref, cfg, progress=False, method="first_order_loop")
+    vec = fast_probes(model64, state, docs, ref, cfg, progress=False, method="first_order", batch=5)
+    np.testing.assert_allclose(vec, loop, rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["shifted", "second_order", "shifted_second_order"])
+def test_estimators_track_exact_and_leave_model_untouched(setup, method):
+    """At lr 1e-3 every estimator tracks the oracle; the curvature-aware ones more tightly than first order."""
+    model, state, ref, docs = setup
+    model64 = copy.deepcopy(model).double()
+    before_w, before_state = weights(model64), snapshot_state(state)
+    cfg = probe_config()
+    exact = exact_probes(model64, state, docs, ref, cfg, progress=False).scores
+    first = fast_probes(model64, state, docs, ref, cfg, progress=False, method="first_order")
+    est = fast_probes(model64, state, docs, ref, cfg, progress=False, method=method)
+    assert np.abs(est - exact).max() < np.abs(first - exact).max()
+    assert np.corrcoef(est, exact)[0, 1] > 0.99
+    assert all(torch.equal(a, b) for a, b in zip(before_w, model64.parameters()))
+    assert all(p.grad is None for p in model64.parameters())
+    assert_states_equal(state, before_state)
+
+
+def test_fast_probes_reject_unknown_method(setup):
+    model, state, ref, docs = setup
+    with pytest.raises(ValueError, match="unknown estimators"):
+        fast_probes(model, state, docs[:1], ref, probe_config(), progress=False, method="nope")
+
+
+def test_measure_probes_smoke(setup):
+    from benchmarks.oracle_probes import measure_probes
+
+    model, state, ref, docs = setup
+    out = measure_probes(model, state, docs[:6], ref, probe_config(), methods=("first_order", "exact_batched"))
+    assert len(out["exact"]["scores"]) == 6 and out["exact"]["probe_ms"] > 0
+    for m in ("first_order", "exact_batched"):
+        assert out[m]["speedup_vs_exact"] > 0 and -1 <= out[m]["spearman_vs_exact"] <= 1
+    assert out["exact_batched"]["spearman_vs_exact"] > 0.99

@@ -157,3 +157,19 @@ def test_load_checkpoint_rejects_incomplete(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(FileNotFoundError, match="meta.json"):
         load_checkpoint(tmp_path / "half")
+
+
+def test_train_result_reports_model_flops(tok, texts, monkeypatch):
+    import math
+
+    from models.flops import flops_per_token
+
+    monkeypatch.delenv("INFLUMIX_PEAK_FLOPS", raising=False)
+    rows, _ = pack_sequences(encode_documents(tok, texts[:50]), seq_len=64, eos_id=0)
+    model = build_proxy_lm("tiny", vocab_size=512, seq_len=64, seed=0, overrides=SMALL_LM)
+    cfg = train_config(steps=2)
+    result = train(model, make_optimizer(model, cfg), rows, cfg, progress=False)
+    assert result.flops_per_token == flops_per_token(model, 64) > 0
+    assert math.isfinite(result.model_flops_per_s) and result.model_flops_per_s > 0
+    assert result.model_flops_per_s == pytest.approx(result.flops_per_token * result.tokens_per_s)
+    assert result.mfu is None  # CPU: no known peak unless INFLUMIX_PEAK_FLOPS is set
