@@ -38,13 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks import SHARED_CORPUS
+from models import oracles
 from models.influence import InfluenceConfig, predict, spearman, train_influence_head
 from models.oracles import ProbeConfig, exact_probes, fast_probes, reference_loss
 from models.proxy_lm import build_proxy_lm, count_params, document_tensor, pack_sequences
 from models.tokenizer import EOS_TOKEN, encode_documents, train_bpe_tokenizer
 from models.trainer import TrainConfig, make_optimizer, train
 
-SHARED_CORPUS = Path("/work/shared/corpus")
 DEFAULT_CORPUS = SHARED_CORPUS / "corpus.jsonl.gz"
 DEFAULT_REFERENCE = SHARED_CORPUS / "reference.jsonl.gz"
 PROBE_TEXT_CHARS = 4_000  # a probe sees <= seq_len tokens (~450 chars at 128); longer text is wasted tokenizing
@@ -82,16 +83,16 @@ def _split(n: int, test_fraction: float, val_fraction: float, seed: int) -> tupl
     """(fit, val, test) index arrays: test is `test_fraction` of all, val is `val_fraction` of the rest."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
-    n_test = max(1, int(round(test_fraction * n)))
+    n_test = max(1, round(test_fraction * n))
     test, rest = order[:n_test], order[n_test:]
-    n_val = max(1, int(round(val_fraction * len(rest))))
+    n_val = max(1, round(val_fraction * len(rest)))
     return rest[n_val:], rest[:n_val], test
 
 
 def _inner_split(idx: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(idx)
-    n_val = max(1, int(round(val_fraction * len(order))))
+    n_val = max(1, round(val_fraction * len(order)))
     return order[n_val:], order[:n_val]
 
 
@@ -201,6 +202,7 @@ def run_influence_study(
     finetune_batch_size: int = 16,
     encoder_lr: float = 2e-5,
     fast_per_exact: float | None = None,
+    fast_method: str | None = None,
     max_fast_docs: int = 4000,
     scoring_docs: int = 1024,
     scoring_batch_size: int = 64,
@@ -210,11 +212,14 @@ def run_influence_study(
     threads: int = 1,
     seed: int = 0,
     verbose: bool = True,
+    save_arrays: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the three measurements; returns a JSON-ready dict (see module docstring for the protocol).
 
     `fast_per_exact` fixes k (fast labels per exact label); None measures both probe costs and sets k to
-    their ratio (capped so that at most `max_fast_docs` documents are fast-probed).
+    their ratio (capped so that at most `max_fast_docs` documents are fast-probed). `fast_method` is the
+    estimator of `fast_probes` (None: the pipeline's default, `models.oracles.DEFAULT_ESTIMATOR`). `save_arrays` names an
+    .npz file for the per-document labels, embeddings and token counts (for analyses without re-probing).
     """
     from models.influence_encoder import predict_texts, train_influence_model
     from tasks.embed import load_embedder
@@ -251,13 +256,14 @@ def run_influence_study(
         extra_ids = encode_documents(tok, extra_texts)
         exact_docs = [document_tensor(x, seq_len, eos) for x in exact_ids]
         n_tokens = np.array([min(len(x), seq_len) for x in exact_ids], dtype=np.float64)
+        fast_kwargs = {"method": fast_method} if fast_method else {}
         pcfg = ProbeConfig(lr=proxy_lr, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0)
         out["proxy"] = {
             "preset": proxy_preset, "overrides": proxy_overrides, "params": count_params(model),
             "vocab_size": tok.get_vocab_size(), "seq_len": seq_len, "steps": proxy_steps,
             "batch_size": proxy_batch_size, "lr": proxy_lr, "train_docs": len(proxy_texts),
             "train_rows_available": n_train_tokens // seq_len, "final_train_loss": tres.losses[-1],
-            "reference_rows": int(len(ref)), "reference_loss": reference_loss(model, ref),
+            "reference_rows": len(ref), "reference_loss": reference_loss(model, ref),
         }
         _log(f"proxy {out['proxy']['params']} params, loss {tres.losses[-1]:.3f}, "
              f"ref loss {out['proxy']['reference_loss']:.3f} ({timings['proxy_train_s']:.0f}s)", verbose)
@@ -267,11 +273,12 @@ def run_influence_study(
         y_exact = exact_probes(model, opt_state, exact_docs, ref, pcfg, progress=False).scores
         exact_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        y_fast_exactset = fast_probes(model, opt_state, exact_docs, ref, pcfg, progress=False)
+        y_fast_exactset = fast_probes(model, opt_state, exact_docs, ref, pcfg, progress=False, **fast_kwargs)
         fast_s = time.perf_counter() - t0
         c_exact, c_fast = exact_s / n_exact, fast_s / n_exact
         timings["exact_probes_s"], timings["fast_probes_exactset_s"] = exact_s, fast_s
         out["probes"] = {
+            "fast_method": fast_method or getattr(oracles, "DEFAULT_ESTIMATOR", "first_order"),
             "exact_s_per_probe": c_exact, "fast_s_per_probe": c_fast, "cost_ratio_exact_over_fast": c_exact / c_fast,
             "fast_vs_exact_spearman_all": spearman(y_fast_exactset, y_exact),
             "exact_score_mean": float(y_exact.mean()), "exact_score_std": float(y_exact.std()),
@@ -371,7 +378,8 @@ def run_influence_study(
         n_extra = max(0, n_fast_train - n_train)
         extra_docs = [document_tensor(x, seq_len, eos) for x in extra_ids[:n_extra]]
         t0 = time.perf_counter()
-        y_fast_extra = fast_probes(model, opt_state, extra_docs, ref, pcfg, progress=False) if extra_docs else np.zeros(0)
+        y_fast_extra = (fast_probes(model, opt_state, extra_docs, ref, pcfg, progress=False, **fast_kwargs)
+                        if extra_docs else np.zeros(0))
         fast_extra_s = time.perf_counter() - t0
         timings["fast_probes_extra_s"] = fast_extra_s
         t0 = time.perf_counter()
@@ -405,6 +413,11 @@ def run_influence_study(
         _log("q2: " + ", ".join(f"{a} {np.mean(v):.3f}" for a, v in arms.items())
              + f" (k={n_train + n_extra}/{n_train}, compute ratio {fast_cost / exact_cost:.2f})", verbose)
 
+        if save_arrays:
+            np.savez_compressed(save_arrays, X_exact=X_exact, y_exact=y_exact, y_fast_exactset=y_fast_exactset,
+                                X_extra=X_extra, y_fast_extra=y_fast_extra, n_tokens=n_tokens,
+                                n_tokens_extra=np.array([min(len(x), seq_len) for x in extra_ids[:n_extra]]))
+
         # ---- Q3: scoring throughput
         head = head0["head"]
         rows = np.resize(X_all, (head_scoring_rows, X_all.shape[1])).astype(np.float32)
@@ -419,7 +432,7 @@ def run_influence_study(
         wp = encoder.tokenizer(scoring_texts, truncation=True, max_length=max_seq_length)["input_ids"]
         mean_tokens = float(np.mean([len(x) for x in wp]))
         flops = _minilm_flops(encoder, max_seq_length)
-        flops_mean_doc = _minilm_flops(encoder, max(2, int(round(mean_tokens))))["flops_per_doc_counted"]
+        flops_mean_doc = _minilm_flops(encoder, max(2, round(mean_tokens)))["flops_per_doc_counted"]
         out["q3"] = {
             "head_docs_per_s": head_scoring_rows / head_s, "head_rows": head_scoring_rows,
             "text_docs_per_s": len(scoring_texts) / text_s, "text_docs": len(scoring_texts),
@@ -458,7 +471,7 @@ def run_influence_study(
             "head_epochs": head_epochs, "head_patience": head_patience, "hidden_dims": list(hidden_dims),
             "ranking_weights": list(ranking_weights), "finetune": finetune, "finetune_epochs": finetune_epochs,
             "finetune_patience": finetune_patience, "finetune_batch_size": finetune_batch_size,
-            "encoder_lr": encoder_lr, "fast_per_exact": fast_per_exact, "max_fast_docs": max_fast_docs,
+            "encoder_lr": encoder_lr, "fast_per_exact": fast_per_exact, "fast_method": fast_method, "max_fast_docs": max_fast_docs,
             "scoring_docs": scoring_docs, "embed_model": embed_model, "threads": threads, "seed": seed,
             "probe": asdict(pcfg), "proxy_train": asdict(tcfg),
         }
@@ -493,9 +506,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--finetune-batch-size", type=int, default=16)
     p.add_argument("--encoder-lr", type=float, default=2e-5)
     p.add_argument("--fast-per-exact", type=float, default=None, help="default: the measured cost ratio")
+    p.add_argument("--fast-method", type=str, default=None, help="fast_probes estimator (default: the pipeline's)")
     p.add_argument("--max-fast-docs", type=int, default=4000)
     p.add_argument("--scoring-docs", type=int, default=1024)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--save-arrays", type=str, default=None, help="write per-document labels/embeddings (.npz)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     result = run_influence_study(
@@ -506,8 +521,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ranking_weights=[float(x) for x in a.ranking_weights.split(",")],
         head_epochs=a.head_epochs, head_patience=a.head_patience, finetune=not a.no_finetune,
         finetune_epochs=a.finetune_epochs, finetune_patience=a.finetune_patience,
-        finetune_batch_size=a.finetune_batch_size, encoder_lr=a.encoder_lr, fast_per_exact=a.fast_per_exact,
+        finetune_batch_size=a.finetune_batch_size, encoder_lr=a.encoder_lr, fast_per_exact=a.fast_per_exact, fast_method=a.fast_method,
         max_fast_docs=a.max_fast_docs, scoring_docs=a.scoring_docs, threads=a.threads, verbose=not a.quiet,
+        save_arrays=a.save_arrays,
     )
     print(json.dumps(result, indent=2, default=float))
 

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
+from benchmarks import SHARED_CORPUS
 from models.oracles import ProbeConfig, exact_probes, exact_probes_batched, fast_probes
 from models.proxy_lm import build_proxy_lm, document_tensor, pack_sequences
 from models.tokenizer import encode_documents, train_bpe_tokenizer
 from models.trainer import TrainConfig, load_checkpoint, make_optimizer, save_checkpoint, train
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = SHARED_CORPUS
 FAST_METHODS = ("first_order", "shifted", "first_order_loop")
 """Estimators timed by default; "second_order"/"shifted_second_order" cost more than the exact probe."""
 
@@ -65,9 +66,9 @@ def measure_probes(model: torch.nn.Module, optimizer_state: dict[str, Any] | Non
     out: dict[str, Any] = {"exact": {"probe_ms": exact_ms, "scores": exact.scores.tolist()}}
     for method in methods:
         if method == "exact_batched":
-            call = lambda: exact_probes_batched(model, optimizer_state, docs, ref, cfg, exact_batch or 8).scores  # noqa: E731
+            call = lambda: exact_probes_batched(model, optimizer_state, docs, ref, cfg, exact_batch or 8).scores
         else:
-            call = lambda m=method: fast_probes(model, optimizer_state, docs, ref, cfg, progress=False, method=m)  # noqa: E731
+            call = lambda m=method: fast_probes(model, optimizer_state, docs, ref, cfg, progress=False, method=m)
         scores, seconds = _timed(call)
         ms = 1000 * seconds / n
         out[method] = {"probe_ms": ms, "speedup_vs_exact": exact_ms / ms,

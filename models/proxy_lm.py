@@ -75,6 +75,18 @@ def build_proxy_lm(
     return model
 
 
+def use_attention(model: GPTNeoXForCausalLM, implementation: str) -> GPTNeoXForCausalLM:
+    """Switch the attention kernel in place: SDPA/flash to train fast, eager where torch.func must trace.
+
+    Training never needs torch.func, so it may use the fused kernel; probes load checkpoints as eager.
+    """
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(implementation)
+    else:  # pragma: no cover - older transformers
+        model.config._attn_implementation = implementation
+    return model
+
+
 def count_params(model: torch.nn.Module) -> int:
     """Number of parameters (embeddings included: they are untied here, so each counts)."""
     return sum(p.numel() for p in model.parameters())
