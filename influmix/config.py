@@ -90,17 +90,22 @@ class ProxySettings(_Section):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N | mps")
     bf16: bool = True
     compile: bool = False
+    train_attention: Literal["sdpa", "eager"] = Field("sdpa", description="attention kernel while training")
+    peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU; default from a GPU table")
 
 
 class ProbeSettings(_Section):
     n_probes: int = Field(64, ge=4, description="documents probed per stage")
     reference_sequences: int = Field(32, ge=1)
     probe_lr: float | None = Field(None, gt=0, description="learning rate of the probe step; default the trainer's peak lr")
-    fast: bool = Field(True, description="also compute the first-order estimate")
-    heldout_fraction: float = Field(0.25, gt=0, lt=1)
+    fast: bool = Field(True, description="also compute the fast estimate")
+    fast_label_multiplier: float = Field(4.0, ge=1, description="fast-probed docs per exact-probed doc")
+    heldout_fraction: float = Field(0.25, gt=0, lt=1, description="exact probes kept to judge the influence model")
 
 
 class DistillSettings(_Section):
+    labels: Literal["fast", "exact"] = Field("fast", description="train on many fast probes, or on the exact ones")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="training probes set aside for early stopping")
     finetune_encoder: bool = False
     hidden_dim: int = Field(128, ge=1)
     epochs: int = Field(200, ge=1)
@@ -152,6 +157,12 @@ class Settings(_Section):
     @property
     def mlflow_uri(self) -> str:
         return self.track.tracking_uri or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}"
+
+    @model_validator(mode="after")
+    def _fast_labels_need_fast_probes(self) -> Settings:
+        if self.distill.labels == "fast" and not self.probe.fast:
+            raise ValueError("distill.labels = 'fast' needs probe.fast = true")
+        return self
 
     def config_hash(self) -> str:
         """Hash of everything that shapes the mixture (run_id excluded: same config, same hash)."""

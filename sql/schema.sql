@@ -95,16 +95,17 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 
 -- Oracle probes: exact = loss_before - loss_after one AdamW step on the document (MATES);
--- fast = first-order estimate of the same quantity.
+-- fast = a cheap estimate of the same quantity. `probe.fast_label_multiplier` times more documents get a
+-- fast probe than an exact one: the influence model learns from many fast labels and is judged on exact ones.
 CREATE TABLE IF NOT EXISTS probes (
     run_id      VARCHAR NOT NULL,
     stage       INTEGER NOT NULL,
     doc_id      VARCHAR NOT NULL,
-    exact_score DOUBLE NOT NULL,
+    exact_score DOUBLE,                            -- NULL for documents given a fast probe only
     fast_score  DOUBLE,
-    loss_before DOUBLE NOT NULL,
-    loss_after  DOUBLE NOT NULL,
-    split       VARCHAR NOT NULL,                  -- train | heldout, for the influence model
+    loss_before DOUBLE,
+    loss_after  DOUBLE,
+    split       VARCHAR NOT NULL,                  -- train | heldout (held-out rows are always exact-probed)
     PRIMARY KEY (run_id, stage, doc_id)
 );
 

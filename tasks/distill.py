@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
-from models.influence import InfluenceConfig, predict, save_head, train_influence_head
+from models.influence import InfluenceConfig, pearson, predict, save_head, spearman, train_influence_head
 from models.influence_encoder import predict_texts, save_model, train_influence_model
 from models.trainer import resolve_device
 from tasks.embed import iter_document_pages, load_embedder, load_embeddings
@@ -48,32 +48,49 @@ def influence_config(settings: Settings) -> InfluenceConfig:
                            device=resolve_device(settings.embed.device))
 
 
+def training_rows(probes: list[tuple], labels: str, val_fraction: float, seed: int) -> tuple[list, list, list]:
+    """(fit, early-stopping, held-out) probe rows as (doc_id, label).
+
+    The held-out rows (exact probes the probe stage set aside) only judge the model; early stopping uses a
+    seeded slice of the training rows, so the held-out Spearman reported is not selected on.
+    """
+    column = 2 if labels == "fast" else 1
+    train = [(p[0], p[column]) for p in probes if p[3] == "train" and p[column] is not None]
+    held = [(p[0], p[1]) for p in probes if p[3] == "heldout"]
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, round(val_fraction * len(train)))
+    val = [train[i] for i in order[:n_val]]
+    fit = [train[i] for i in order[n_val:]]
+    if len(fit) < 2 or not held:
+        raise ValueError(f"too few probes to distil ({len(fit)} to fit, {len(held)} held out); raise `probe.n_probes`")
+    return fit, val, held
+
+
 def distill_stage(settings: Settings, run_id: str, stage: int) -> DistillStats:
     started = time.perf_counter()
     cfg = influence_config(settings)
     model_dir = settings.stage_dir(run_id, stage) / "influence"
     with db.connect(settings.database) as con:
         probes = db.rows(con, "load_probes", {"run_id": run_id, "stage": stage})
+        fit, val, held = training_rows(probes, settings.distill.labels, settings.distill.val_fraction,
+                                       settings.seed + stage)
+        y_fit, y_val, y_held = (np.array([r[1] for r in rows], dtype=np.float32) for rows in (fit, val, held))
         doc_ids, X = load_embeddings(con, run_id)
-        row_of = {d: i for i, d in enumerate(doc_ids)}
-        train = [(row_of[p[0]], p[1], p[0]) for p in probes if p[3] == "train"]
-        held = [(row_of[p[0]], p[1], p[0]) for p in probes if p[3] == "heldout"]
-        if len(train) < 2 or not held:
-            raise ValueError(f"stage {stage}: too few probes to distil ({len(train)} train, {len(held)} held out); "
-                             "raise `probe.n_probes`")
-        y_train = np.array([t[1] for t in train], dtype=np.float32)
-        y_held = np.array([t[1] for t in held], dtype=np.float32)
         if cfg.finetune_encoder:
-            texts = dict(db.rows(con, "document_texts", {"run_id": run_id, "doc_ids": [t[2] for t in train + held]}))
+            texts = dict(db.rows(con, "document_texts", {"run_id": run_id, "doc_ids": [r[0] for r in fit + val + held]}))
             encoder = load_embedder(settings.embed.model, settings.embed.device, settings.embed.max_seq_length)
-            model, report = train_influence_model([texts[t[2]] for t in train], y_train,
-                                                  [texts[t[2]] for t in held], y_held, encoder, cfg)
+            model, _ = train_influence_model([texts[r[0]] for r in fit], y_fit, [texts[r[0]] for r in val], y_val,
+                                             encoder, cfg)
             save_model(model, model_dir, cfg)
+            held_pred = predict_texts(model, [texts[r[0]] for r in held], batch_size=settings.embed.batch_size)
             scores = np.concatenate([predict_texts(model, texts_page, batch_size=settings.embed.batch_size)
                                      for _, texts_page in iter_document_pages(con, run_id, 1024)])
         else:
-            head, report = train_influence_head(X[[t[0] for t in train]], y_train, X[[t[0] for t in held]], y_held, cfg)
+            row_of = {d: i for i, d in enumerate(doc_ids)}
+            X_fit, X_val, X_held = (X[[row_of[r[0]] for r in part]] for part in (fit, val, held))
+            head, _ = train_influence_head(X_fit, y_fit, X_val, y_val, cfg)
             save_head(head, model_dir, cfg)
+            held_pred = predict(head, X_held)
             scores = predict(head, X)
         with db.transaction(con):
             db.run(con, "delete_influence_scores", {"run_id": run_id, "stage": stage})
@@ -81,7 +98,7 @@ def distill_stage(settings: Settings, run_id: str, stage: int) -> DistillStats:
                 "run_id": [run_id] * len(doc_ids), "stage": [stage] * len(doc_ids), "doc_id": doc_ids,
                 "score": np.asarray(scores, dtype=np.float64),
             }))
-    return DistillStats(stage, len(train), len(held), float(report.val_spearman), float(report.val_pearson),
+    return DistillStats(stage, len(fit) + len(val), len(held), spearman(held_pred, y_held), pearson(held_pred, y_held),
                         len(doc_ids), str(model_dir), cfg.finetune_encoder, time.perf_counter() - started)
 
 

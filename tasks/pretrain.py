@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from influmix import db
 from influmix.config import Settings
 from models.oracles import reference_loss
-from models.proxy_lm import build_proxy_lm, count_params, pack_sequences
+from models.proxy_lm import build_proxy_lm, count_params, pack_sequences, use_attention
 from models.tokenizer import (
     EOS_TOKEN,
     count_tokens,
@@ -59,10 +59,17 @@ class StageCheckpoint:
     reference_loss: float
     tokens_per_s: float
     losses: list[float]
+    flops_per_token: float = 0.0
+    model_flops_per_s: float = 0.0
+    mfu: float | None = None
 
     def as_metrics(self) -> dict[str, float]:
-        return {"train_tokens": self.train_tokens, "final_train_loss": self.final_train_loss,
-                "reference_loss": self.reference_loss, "train_tokens_per_s": self.tokens_per_s}
+        metrics = {"train_tokens": self.train_tokens, "final_train_loss": self.final_train_loss,
+                   "reference_loss": self.reference_loss, "train_tokens_per_s": self.tokens_per_s,
+                   "train_model_flops_per_s": self.model_flops_per_s}
+        if self.mfu is not None:
+            metrics["train_mfu"] = self.mfu
+        return metrics
 
 
 def tokenizer_path(settings: Settings, run_id: str) -> Path:
@@ -136,13 +143,18 @@ def pretrain_stage(settings: Settings, run_id: str, stage: int, progress: bool =
         model, optimizer_state, _ = load_checkpoint(settings.stage_dir(run_id, stage - 1) / "checkpoint", cfg.device)
         optimizer = make_optimizer(model, cfg)
         optimizer.load_state_dict(optimizer_state)
+    use_attention(model, settings.proxy.train_attention)
     result = train(model, optimizer, sequences, cfg, step_offset=stage * cfg.steps, progress=progress)
+    if settings.proxy.peak_flops:
+        result.mfu = result.model_flops_per_s / settings.proxy.peak_flops
+    use_attention(model, "eager")
     ref_loss = reference_loss(model, reference_tensor(settings, run_id, tokenizer).to(cfg.device))
     path = settings.stage_dir(run_id, stage) / "checkpoint"
     save_checkpoint(path, model, optimizer, {"stage": stage, "run_id": run_id, "train_tokens": result.tokens})
     info = StageCheckpoint(stage, str(path), count_params(model), int(result.tokens), result.steps,
                            float(result.losses[-1]), float(ref_loss), float(result.tokens_per_s),
-                           [float(x) for x in result.losses])
+                           [float(x) for x in result.losses], float(result.flops_per_token),
+                           float(result.model_flops_per_s), result.mfu)
     with db.connect(settings.database) as con:
         db.run(con, "insert_checkpoint", {
             "run_id": run_id, "stage": stage, "path": info.path, "n_params": info.n_params,

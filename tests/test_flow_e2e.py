@@ -72,11 +72,18 @@ def test_bad_records_are_quarantined_with_reasons(e2e_run):
 
 def test_one_probe_per_probed_document(e2e_run):
     settings, result = e2e_run
+    n_fast = int(settings.probe.n_probes * settings.probe.fast_label_multiplier)
     for stage in range(settings.stages):
-        n, distinct, finite = query(settings, """
-            SELECT count(*), count(DISTINCT doc_id), count(*) FILTER (WHERE isfinite(exact_score))
+        n, distinct, exact, fast, heldout_exact = query(settings, """
+            SELECT count(*), count(DISTINCT doc_id), count(*) FILTER (WHERE isfinite(exact_score)),
+                   count(*) FILTER (WHERE isfinite(fast_score)),
+                   count(*) FILTER (WHERE split = 'heldout' AND isfinite(exact_score))
             FROM probes WHERE run_id = ? AND stage = ?""", [result.run_id, stage])[0]
-        assert n == distinct == finite == settings.probe.n_probes
+        assert exact == settings.probe.n_probes
+        assert n == distinct == fast == n_fast
+        (heldout,) = query(settings, "SELECT count(*) FROM probes WHERE run_id = ? AND stage = ? AND split = 'heldout'",
+                           [result.run_id, stage])[0]
+        assert heldout == heldout_exact > 0  # the influence model is judged on exact probes only
 
 
 def test_every_document_scored_and_assigned(e2e_run):
