@@ -106,7 +106,8 @@ class ProbeSettings(_Section):
 class DistillSettings(_Section):
     labels: Literal["fast", "exact"] = Field("fast", description="train on many fast probes, or on the exact ones")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="training probes set aside for early stopping")
-    finetune_encoder: bool = False
+    finetune_encoder: bool | None = Field(
+        None, description="fine-tune the encoder end to end; default: on CUDA yes, on CPU a head on stored embeddings")
     hidden_dim: int = Field(128, ge=1)
     epochs: int = Field(200, ge=1)
     lr: float = Field(1e-3, gt=0)
