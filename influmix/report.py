@@ -135,7 +135,9 @@ def run_facts(result: RunResult, seconds: float) -> dict[str, Any]:
     for stage in result.stages:
         s = stage.checkpoint.stage
         facts[f"stage {s} proxy LM reference loss"] = float(stage.checkpoint.reference_loss)
-        facts[f"stage {s} probes taken"] = int(stage.probes.probes)
+        facts[f"stage {s} exact probes taken"] = int(stage.probes.probes)
+        if stage.probes.fast_probes:
+            facts[f"stage {s} fast probes taken"] = int(stage.probes.fast_probes)
         if stage.probes.fast_spearman is not None:
             facts[f"stage {s} fast-vs-exact probe Spearman"] = float(stage.probes.fast_spearman)
         facts[f"stage {s} influence model held-out Spearman"] = float(stage.influence.heldout_spearman)
