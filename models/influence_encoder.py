@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # sentence-transformers is heavy to import; loaded by the cal
 ENCODER_DIR = "encoder"
 
 
-def _embedding_dim(encoder: SentenceTransformer) -> int:
+def embedding_dim(encoder: SentenceTransformer) -> int:
     """sentence-transformers renamed get_sentence_embedding_dimension -> get_embedding_dimension."""
     fn = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
     return int(fn())
@@ -119,7 +119,7 @@ def train_influence_model(
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         encoder.max_seq_length = cfg.max_seq_length
-        dim = _embedding_dim(encoder)
+        dim = embedding_dim(encoder)
         head = InfluenceHead(int(dim), cfg.hidden_dim, cfg.dropout)
         head.set_target_stats(y_train)
         head.config = asdict(cfg)
@@ -194,7 +194,7 @@ def embed_texts(
     ]
     encoder.train(was_training)
     if not chunks:
-        return np.zeros((0, _embedding_dim(encoder)), dtype=np.float32)
+        return np.zeros((0, embedding_dim(encoder)), dtype=np.float32)
     out = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
     out[order] = np.concatenate(chunks)
     return out

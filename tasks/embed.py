@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from influmix import db
 from influmix.config import Settings
+from models.influence_encoder import embedding_dim
+from models.trainer import resolve_device
 
 PACKAGED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
@@ -36,14 +38,6 @@ class EmbedStats:
 
     def as_metrics(self) -> dict[str, float]:
         return {"embed_documents": self.documents, "embed_dim": self.dim, "embed_docs_per_s": self.docs_per_s}
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_embedder(model: str, device: str = "auto", max_seq_length: int | None = None):
@@ -84,7 +78,7 @@ def embed_documents(settings: Settings, run_id: str, progress: bool = True) -> E
     encoder = load_embedder(cfg.model, cfg.device, cfg.max_seq_length)
     started = time.perf_counter()
     n_docs = 0
-    dim = encoder.get_embedding_dimension() if hasattr(encoder, "get_embedding_dimension") else encoder.get_sentence_embedding_dimension()
+    dim = embedding_dim(encoder)
     with db.connect(settings.database) as con, db.transaction(con):
         db.run(con, "delete_embeddings", {"run_id": run_id})
         total = db.rows(con, "count_documents", {"run_id": run_id})[0][0]
