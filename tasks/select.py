@@ -6,7 +6,7 @@ rewards spill over to clusters with nearby centroids. The bandit stops at the to
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -31,12 +31,11 @@ class Selection:
     tokens: int
     n_rounds: int
     exhausted: bool
-    reward_curve: list[float] = field(default_factory=list)
 
     def as_metrics(self) -> dict[str, float]:
         return {"selected_documents": len(self.doc_ids), "selected_tokens": self.tokens,
                 "token_budget": self.token_budget, "budget_fill": self.tokens / self.token_budget,
-                "bandit_rounds": self.n_rounds}
+                "bandit_rounds": self.n_rounds, "bandit_pool_exhausted": float(self.exhausted)}
 
 
 def bandit_config(settings: Settings, stage: int) -> BanditConfig:
@@ -70,8 +69,7 @@ def select_stage(settings: Settings, run_id: str, stage: int, progress: bool = T
         stage=stage, token_budget=settings.select.token_budget,
         doc_ids=[doc_ids[i] for i in picked], cluster_ids=[int(cluster_ids[i]) for i in picked],
         scores=[float(scores[i]) for i in picked], rounds=[int(r) for r in result.selected_round],
-        tokens=int(result.tokens_total), n_rounds=len({r["round"] for r in rounds}), exhausted=bool(result.exhausted),
-        reward_curve=[float(r["reward"]) for r in rounds],
+        tokens=int(result.tokens_total), n_rounds=len({r["round"] for r in rounds}), exhausted=bool(result.exhausted)
     )
 
 

@@ -136,7 +136,7 @@ def log_influence_model(mlflow, settings: Settings, run_id: str, stage: int) -> 
     from models.influence import load_head
 
     head = load_head(model_dir)
-    example = np.zeros((2, head_input_dim(head)), dtype=np.float32)
+    example = np.zeros((2, head.in_dim), dtype=np.float32)
     info = mlflow.pyfunc.log_model(
         name="influence_model", python_model=str(PYFUNC_CODE), artifacts={"influence_head": str(model_dir)},
         registered_model_name=settings.track.registered_model, input_example=example,
@@ -145,10 +145,6 @@ def log_influence_model(mlflow, settings: Settings, run_id: str, stage: int) -> 
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(settings.track.registered_model, settings.track.model_alias, version)
     return version
-
-
-def head_input_dim(head) -> int:
-    return next(p for p in head.parameters() if p.dim() == 2).shape[1]
 
 
 track_task = task(track_run, name="track", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)

@@ -69,6 +69,13 @@ def assert_states_equal(a: dict, b: dict) -> None:
             assert torch.equal(value, b["state"][k][name]), (k, name)  # `step` included
 
 
+def assert_untouched(model: torch.nn.Module, before_w: list[torch.Tensor], state: dict, before_state: dict) -> None:
+    """A probe must leave the weights bit-identical, no grads behind, and the optimizer state as it was."""
+    assert all(torch.equal(a, b) for a, b in zip(before_w, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+    assert_states_equal(state, before_state)
+
+
 def weights(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
@@ -97,9 +104,7 @@ def test_exact_probe_restores_weights_and_never_touches_state(setup):
     again = exact_probe(model, state, docs[0], ref, cfg)
     assert first == again  # bit-identical score, loss_before and loss_after
     assert first[0] == pytest.approx(first[1] - first[2]) and first[0] != 0.0
-    assert all(torch.equal(a, b) for a, b in zip(before_w, model.parameters()))
-    assert all(p.grad is None for p in model.parameters())
-    assert_states_equal(state, before_state)
+    assert_untouched(model, before_w, state, before_state)
 
 
 def test_exact_probes_batch_matches_single_probes(setup):
@@ -120,9 +125,7 @@ def test_fast_probes_leave_model_and_state_untouched(setup):
     np.testing.assert_array_equal(
         est, fast_probes(model, state, docs[:3], ref, probe_config(), progress=False)
     )
-    assert all(torch.equal(a, b) for a, b in zip(before_w, model.parameters()))
-    assert all(p.grad is None for p in model.parameters())
-    assert_states_equal(state, before_state)
+    assert_untouched(model, before_w, state, before_state)
 
 
 @pytest.mark.parametrize("fresh", [False, True], ids=["trained-state", "empty-state"])
@@ -150,9 +153,7 @@ def test_batched_exact_probes_match_sequential(setup, dtype, rtol):
     bat = exact_probes_batched(model, state, docs, ref, cfg, batch=5)  # uneven chunks, mixed lengths
     np.testing.assert_allclose(bat.loss_after, seq.loss_after, rtol=rtol / 100)
     np.testing.assert_allclose(bat.scores, seq.scores, rtol=0, atol=rtol * np.abs(seq.scores).max())
-    assert all(torch.equal(a, b) for a, b in zip(before_w, model.parameters()))
-    assert all(p.grad is None for p in model.parameters())
-    assert_states_equal(state, before_state)
+    assert_untouched(model, before_w, state, before_state)
 
 
 def test_exact_probes_on_cpu_default_to_sequential(setup):
