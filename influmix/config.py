@@ -135,6 +135,22 @@ class TrackSettings(_Section):
     model_alias: str = "current"
 
 
+class RunnerSettings(_Section):
+    """Where the sharded stages (embed, probe, influence scoring) run: in this process or on a Ray cluster.
+
+    Both runners execute the same shard code on the same shard boundaries, so the mixture does not depend
+    on the choice; Ray only spreads the shards over more cores and machines (see infra/RAY.md).
+    """
+
+    kind: Literal["local", "ray"] = Field("local", description="local: shards run one after another in-process")
+    ray_address: str | None = Field(
+        None, description="Ray head, e.g. '127.0.0.1:6379' or 'ray://host:10001'; None with kind ray starts a local Ray")
+    shards: int = Field(4, ge=1, description="document shards per sharded stage (fewer if there is less work)")
+    shard_dir: Path | None = Field(
+        None, description="shard Parquet files, per run under <shard_dir>/<run_id>; default <run_dir>/<run_id>/shards; "
+                          "on a multi-node cluster it must be storage every node can read and write")
+
+
 class Settings(_Section):
     run_dir: Path = Path("runs")
     db_path: Path | None = Field(None, description="default <run_dir>/influmix.duckdb")
@@ -150,6 +166,7 @@ class Settings(_Section):
     distill: DistillSettings = Field(default_factory=DistillSettings)
     select: SelectSettings = Field(default_factory=SelectSettings)
     track: TrackSettings = Field(default_factory=TrackSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
 
     @property
     def database(self) -> Path:
@@ -166,8 +183,8 @@ class Settings(_Section):
         return self
 
     def config_hash(self) -> str:
-        """Hash of everything that shapes the mixture (run_id excluded: same config, same hash)."""
-        payload = self.model_dump(mode="json", exclude={"run_id"})
+        """Hash of everything that shapes the mixture: the run id and where it runs (`runner`) are left out."""
+        payload = self.model_dump(mode="json", exclude={"run_id", "runner"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def stage_dir(self, run_id: str, stage: int | None = None) -> Path:

@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
-from models.influence import InfluenceConfig, pearson, predict, save_head, spearman, train_influence_head
-from models.influence_encoder import predict_texts, save_model, train_influence_model
+from models.influence import (
+    InfluenceConfig,
+    load_head,
+    pearson,
+    predict,
+    save_head,
+    spearman,
+    train_influence_head,
+)
+from models.influence_encoder import load_model, predict_texts, save_model, train_influence_model
 from models.trainer import resolve_device
-from tasks.embed import iter_document_pages, load_embedder, load_embeddings
+from tasks import shards
+from tasks.embed import embedding_matrix, iter_document_pages, load_embedder, load_embeddings
 
 
 @dataclass
@@ -73,6 +84,34 @@ def training_rows(probes: list[tuple], labels: str, val_fraction: float, seed: i
     return fit, val, held
 
 
+SCORE_PAGE = 1024
+"""Documents per scoring call, and the unit score shards are cut in: the fine-tuned encoder sorts a page by
+length before batching, so a page never straddles shards and scores do not depend on the runner."""
+
+
+def score_shard(settings: Settings, model_dir: str, finetuned: bool, input_path: str, output_path: str,
+                threads: int) -> dict[str, int]:
+    """Shard worker: score (doc_id, text) or (doc_id, embedding) pages with the influence model saved in
+    `model_dir`, loaded from disk here, into (doc_id, score) Parquet."""
+    shards.use_threads(threads)
+    device = resolve_device(settings.embed.device)
+    table = pq.read_table(input_path)
+    if finetuned:
+        model = load_model(model_dir, device)
+        scores = [predict_texts(model, page.column("text").to_pylist(), batch_size=settings.embed.batch_size)
+                  for page in shards.pages_of(table, SCORE_PAGE)]
+    else:
+        head = load_head(model_dir, device)
+        scores = [predict(head, embedding_matrix(page), batch_size=SCORE_PAGE)
+                  for page in shards.pages_of(table, SCORE_PAGE)]
+    shards.write_table(Path(output_path), pa.table({
+        "doc_id": table.column("doc_id"), "score": pa.array(np.concatenate(scores or [np.zeros(0)]), pa.float64())}))
+    return {"documents": table.num_rows}
+
+
+score_shard_task = task(score_shard, name="score-shard", cache_policy=NO_CACHE)
+
+
 def distill_stage(settings: Settings, run_id: str, stage: int) -> DistillStats:
     started = time.perf_counter()
     cfg = influence_config(settings)
@@ -90,21 +129,27 @@ def distill_stage(settings: Settings, run_id: str, stage: int) -> DistillStats:
                                              encoder, cfg)
             save_model(model, model_dir, cfg)
             held_pred = predict_texts(model, [texts[r[0]] for r in held], batch_size=settings.embed.batch_size)
-            scores = np.concatenate([predict_texts(model, texts_page, batch_size=settings.embed.batch_size)
-                                     for _, texts_page in iter_document_pages(con, run_id, 1024)])
+            pages = (pa.table({"doc_id": ids, "text": page}) for ids, page in iter_document_pages(con, run_id, SCORE_PAGE))
+            tagged = shards.tag_pages(pages, -(-len(doc_ids) // SCORE_PAGE), settings.runner.shards)
         else:
             row_of = {d: i for i, d in enumerate(doc_ids)}
             X_fit, X_val, X_held = (X[[row_of[r[0]] for r in part]] for part in (fit, val, held))
             head, _ = train_influence_head(X_fit, y_fit, X_val, y_val, cfg)
             save_head(head, model_dir, cfg)
             held_pred = predict(head, X_held)
-            scores = predict(head, X)
-        with db.transaction(con):
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1]) if len(X) else []
+            tagged = shards.split_table(pa.table({"doc_id": pa.array(doc_ids, pa.string()),
+                                                  "embedding": pa.array(vectors, pa.list_(pa.float32(), -1)
+                                                                        if not len(X) else vectors.type)}),
+                                        settings.runner.shards, SCORE_PAGE)
+        params = {"settings": settings, "model_dir": str(model_dir.resolve()), "finetuned": cfg.finetune_encoder}
+        with shards.sharded(settings, run_id, f"score-{stage}", score_shard_task, tagged, params) as results, \
+                db.transaction(con):
             db.run(con, "delete_influence_scores", {"run_id": run_id, "stage": stage})
-            db.insert_arrow(con, "insert_influence_scores", pa.table({
-                "run_id": [run_id] * len(doc_ids), "stage": [stage] * len(doc_ids), "doc_id": doc_ids,
-                "score": np.asarray(scores, dtype=np.float64),
-            }))
+            for result in results:
+                out = shards.read_output(result)
+                db.insert_arrow(con, "insert_influence_scores", out.append_column("run_id", pa.array(
+                    [run_id] * out.num_rows)).append_column("stage", pa.array([stage] * out.num_rows, pa.int32())))
     return DistillStats(stage, len(fit) + len(val), len(held), spearman(held_pred, y_held), pearson(held_pred, y_held),
                         len(doc_ids), str(model_dir), cfg.finetune_encoder, time.perf_counter() - started)
 

@@ -12,16 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from influmix import db
-from influmix.config import Settings
+from influmix.config import EmbedSettings, Settings
 from models.influence_encoder import embedding_dim
 from models.trainer import resolve_device
+from tasks import shards
 
 PACKAGED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+PAGE_BATCHES = 4
+"""Batches per `encode` call, and the unit shards are cut in. `encode` sorts a page by length before
+batching (less padding), so a document's embedding depends on the page it is in; pages never straddle
+shards, which keeps embeddings bit-identical for any runner and `runner.shards`. Four batches (128
+documents by default) keep most of the sorting gain and still give a small corpus several shards."""
 
 
 class EmbedError(ValueError):
@@ -73,43 +80,69 @@ def iter_document_pages(con, run_id: str, page_size: int):
         after = page[-1][0]
 
 
-def embed_documents(settings: Settings, run_id: str, progress: bool = True) -> EmbedStats:
+def page_size(cfg: EmbedSettings) -> int:
+    """Documents per `encode` call: `PAGE_BATCHES` batches."""
+    return cfg.batch_size * PAGE_BATCHES
+
+
+def encode_page(encoder, texts: list[str], batch_size: int) -> pa.Array:
+    """Unit-normalised float32 embeddings of one page, as the `embeddings.embedding` column type."""
+    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False,
+                             convert_to_numpy=True).astype(np.float32)
+    return pa.array(list(vectors), type=pa.list_(pa.float32()))
+
+
+def embed_shard(settings: Settings, input_path: str, output_path: str, threads: int) -> dict[str, int]:
+    """Shard worker: (doc_id, text) Parquet -> (doc_id, embedding) Parquet; it never opens DuckDB."""
+    shards.use_threads(threads)
     cfg = settings.embed
     encoder = load_embedder(cfg.model, cfg.device, cfg.max_seq_length)
+    pages = list(shards.pages_of(pq.read_table(input_path), page_size(cfg)))
+    shards.write_table(Path(output_path), pa.table({
+        "doc_id": pa.concat_arrays([page.column("doc_id").combine_chunks() for page in pages]),
+        "embedding": pa.concat_arrays([encode_page(encoder, page.column("text").to_pylist(), cfg.batch_size)
+                                       for page in pages]),
+    }))
+    return {"documents": sum(page.num_rows for page in pages), "dim": int(embedding_dim(encoder))}
+
+
+embed_shard_task = task(embed_shard, name="embed-shard", cache_policy=NO_CACHE)
+
+
+def embed_documents(settings: Settings, run_id: str, progress: bool = True) -> EmbedStats:
+    """Embed the run's documents in page-aligned shards (`runner`), then load every shard in one transaction."""
+    cfg = settings.embed
+    size = page_size(cfg)
     started = time.perf_counter()
-    n_docs = 0
-    dim = embedding_dim(encoder)
-    with db.connect(settings.database) as con, db.transaction(con):
-        db.run(con, "delete_embeddings", {"run_id": run_id})
+    with db.connect(settings.database) as con:
         total = db.rows(con, "count_documents", {"run_id": run_id})[0][0]
-        bar = tqdm(total=total, desc="embed", unit="doc", disable=not progress)
-        for doc_ids, texts in iter_document_pages(con, run_id, page_size=max(cfg.batch_size * 16, 256)):
-            vectors = encoder.encode(
-                texts, batch_size=cfg.batch_size, normalize_embeddings=True, show_progress_bar=False,
-                convert_to_numpy=True,
-            ).astype(np.float32)
-            batch = pa.table({
-                "run_id": [run_id] * len(doc_ids),
-                "doc_id": doc_ids,
-                "model": [cfg.model] * len(doc_ids),
-                "embedding": pa.array(list(vectors), type=pa.list_(pa.float32())),
-            })
-            db.insert_arrow(con, "insert_embeddings", batch)
-            n_docs += len(doc_ids)
-            bar.update(len(doc_ids))
-        bar.close()
+        pages = (pa.table({"doc_id": ids, "text": texts}) for ids, texts in iter_document_pages(con, run_id, size))
+        tagged = shards.tag_pages(pages, -(-total // size), settings.runner.shards)
+        with shards.sharded(settings, run_id, "embed", embed_shard_task, tagged, {"settings": settings}) as results, \
+                db.transaction(con):
+            db.run(con, "delete_embeddings", {"run_id": run_id})
+            for result in tqdm(results, desc="embed shards", unit="shard", disable=not progress):
+                out = shards.read_output(result)
+                db.insert_arrow(con, "insert_embeddings", out.append_column("run_id", pa.array([run_id] * out.num_rows))
+                                .append_column("model", pa.array([cfg.model] * out.num_rows)))
+    n_docs = sum(r.info["documents"] for r in results)
+    dim = results[0].info["dim"] if results else 0
     seconds = time.perf_counter() - started
-    return EmbedStats(n_docs, int(dim), cfg.model, seconds, n_docs / max(seconds, 1e-9))
+    return EmbedStats(n_docs, dim, cfg.model, seconds, n_docs / max(seconds, 1e-9))
 
 
 def load_embeddings(con, run_id: str) -> tuple[list[str], np.ndarray]:
     """All of a run's embeddings as (doc_ids, float32 matrix) in doc_id order."""
     table = db.arrow(con, "load_embeddings", {"run_id": run_id})
-    doc_ids = table.column("doc_id").to_pylist()
-    if not doc_ids:
-        return [], np.zeros((0, 0), dtype=np.float32)
+    return table.column("doc_id").to_pylist(), embedding_matrix(table)
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """A table's `embedding` column as a float32 [rows, dim] matrix ([0, 0] when empty)."""
+    if table.num_rows == 0:
+        return np.zeros((0, 0), dtype=np.float32)
     flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return doc_ids, flat.astype(np.float32).reshape(len(doc_ids), -1)
+    return flat.astype(np.float32).reshape(table.num_rows, -1)
 
 
 embed_task = task(embed_documents, name="embed", cache_policy=NO_CACHE)
