@@ -109,7 +109,7 @@ def score_shard(settings: Settings, model_dir: str, finetuned: bool, input_path:
     return {"documents": table.num_rows}
 
 
-score_shard_task = task(score_shard, name="score-shard", cache_policy=NO_CACHE)
+score_shard_task = task(score_shard, name="shard-score", cache_policy=NO_CACHE)
 
 
 def distill_stage(settings: Settings, run_id: str, stage: int) -> DistillStats:

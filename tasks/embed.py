@@ -106,7 +106,7 @@ def embed_shard(settings: Settings, input_path: str, output_path: str, threads: 
     return {"documents": sum(page.num_rows for page in pages), "dim": int(embedding_dim(encoder))}
 
 
-embed_shard_task = task(embed_shard, name="embed-shard", cache_policy=NO_CACHE)
+embed_shard_task = task(embed_shard, name="shard-embed", cache_policy=NO_CACHE)
 
 
 def embed_documents(settings: Settings, run_id: str, progress: bool = True) -> EmbedStats:

@@ -109,7 +109,7 @@ def probe_shard(settings: Settings, checkpoint: str, reference: str, exact_batch
     return {"exact_seconds": exact_s, "fast_seconds": fast_s}
 
 
-probe_shard_task = task(probe_shard, name="probe-shard", cache_policy=NO_CACHE)
+probe_shard_task = task(probe_shard, name="shard-probe", cache_policy=NO_CACHE)
 
 
 def probe_shards(settings: Settings, run_id: str, stage: int, doc_ids: list[str], tokens: list[list[int]],

@@ -130,8 +130,8 @@ def test_ray_runner_gives_the_default_runners_mixture(e2e_run, ray_head, tmp_pat
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result.prefect_flow_run_id])))
-    shard_runs = [r for r in runs if r.name.startswith(("embed-shard", "probe-shard", "score-shard"))]
-    assert sum(r.name.startswith("embed-shard") for r in shard_runs) >= 2  # the corpus really was split
+    shard_runs = [r for r in runs if r.name.startswith("shard-")]
+    assert sum(r.name.startswith("shard-embed") for r in shard_runs) >= 2  # the corpus really was split
     assert all(r.state.is_completed() for r in shard_runs)
     shard_root = tmp_path / "runs" / result.run_id / "shards"
     assert not shard_root.exists() or not any(shard_root.iterdir())  # loaded shard files are cleaned up
