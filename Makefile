@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test lint clean sample
+.PHONY: install demo test lint clean sample serve stop deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	mkdir -p runs/prefect
 	PREFECT_HOME=$(CURDIR)/runs/prefect $(BIN)/influmix run --config configs/demo.toml
+
+# The served stack (Prefect server + UI, process worker, MLflow server) on 127.0.0.1, over the demo's run_dir.
+SERVE_CONFIG ?= configs/demo.toml
+serve: $(STAMP)
+	$(BIN)/influmix serve --config $(SERVE_CONFIG)
+
+stop:
+	$(BIN)/influmix stop --config $(SERVE_CONFIG)
+
+# Register infra/prefect.yaml's deployments (curate-nightly on cron, curate-adhoc) with the served Prefect.
+deploy: $(STAMP)
+	. runs/demo/services/env && $(BIN)/prefect --no-prompt deploy --all --prefect-file infra/prefect.yaml
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -13,6 +13,7 @@ from tasks.ingest import ingest_task, reference_task
 from tasks.mixture import write_mixture_task
 from tasks.pretrain import pretrain_task, tokenizer_task
 from tasks.probe import probe_task
+from tasks.publish import publish_task
 from tasks.runs import finish_run_task, mark_run_failed, start_run_task
 from tasks.select import select_task
 from tasks.track import track_task
@@ -42,5 +43,6 @@ def curate(config: str | None = None, overrides: list[str] | None = None) -> Run
 
     metrics, curves = run_metrics(ingested, embedded, clustered, tokenizer, stages)
     tracked = track_task(settings, run_id, metrics, curves, flow_run_id)
+    publish_task(settings, run_id, tracked, flow_run_id)
     finish_run_task(settings, run_id, "completed", tracked.mlflow_run_id)
     return RunResult(run_id, str(settings.database), flow_run_id, tracked, metrics, stages)

@@ -68,6 +68,12 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, debug: bool = False) -> N
 
     guarded(lambda: check_sources(settings), debug)
     from influmix.report import print_run_report
+    from influmix.services import served_env
+
+    for key, value in served_env(settings).items():  # report into the served UIs when `influmix serve` runs
+        if not os.environ.get(key):
+            os.environ[key] = value
+            console.print(f"using the served stack: {key}={value}", highlight=False)
 
     started = time.perf_counter()
     result = guarded(lambda: curate(str(config) if config else None, list(set_ or [])), debug)
@@ -128,6 +134,44 @@ def export(run_id: str, out: Path, stage: int = -1, config: ConfigOpt = None, db
         fail(f"run {run_id} has no stage {chosen} (stages: {stages})")
     rows = guarded(lambda: export_mixture(path, run_id, chosen, out))
     console.print(f"wrote {rows:,} documents of {run_id} stage {chosen} to {out}")
+
+
+@app.command()
+def serve(config: ConfigOpt = None, set_: SetOpt = None, debug: bool = False) -> None:
+    """Start the Prefect server + UI, a process worker and the MLflow server on 127.0.0.1 (health-checked)."""
+    from influmix.services import ServiceError, services_dir
+    from influmix.services import serve as start_services
+
+    settings = guarded(lambda: load_settings(config, set_), debug)
+    try:
+        urls = start_services(settings, echo=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    except ServiceError as exc:
+        fail(f"{exc}\n(services already started keep running: `influmix stop` stops them)")
+    console.print(f"Prefect UI  {urls['prefect-server']}\nMLflow UI   {urls['mlflow-server']}\n"
+                  f"clients:    source {services_dir(settings) / 'env'}", highlight=False)
+
+
+@app.command()
+def stop(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Stop the services `influmix serve` started (only those: by their pid files)."""
+    from influmix.services import stop as stop_services
+
+    settings = guarded(lambda: load_settings(config, set_))
+    if not stop_services(settings, echo=lambda line: console.print(line, highlight=False)):
+        console.print("nothing was running")
+
+
+@app.command()
+def services(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Show whether each served process is up and healthy."""
+    from rich.table import Table
+
+    from influmix.services import status
+
+    table = Table("service", "pid", "healthy", "url")
+    for name, pid, healthy, url in status(guarded(lambda: load_settings(config, set_))):
+        table.add_row(name, str(pid or "-"), "yes" if healthy else "no", url)
+    console.print(table)
 
 
 @app.command(name="config")

@@ -71,8 +71,22 @@ def mlflow_compare_hint(db_path: Path, run_ids: list[str], tracking_uri: str | N
     if not ids:
         return "no MLflow runs recorded for these runs"
     if tracking_uri and tracking_uri.startswith("http"):
-        return f"{tracking_uri.rstrip('/')}/#/compare-runs?runs={json.dumps(ids)}"
+        return mlflow_compare_url(tracking_uri, ids)
     return f"MLflow run ids {', '.join(ids)} (open `mlflow ui --backend-store-uri {tracking_uri}` and compare them)"
+
+
+def mlflow_compare_url(tracking_uri: str, mlflow_run_ids: list[str]) -> str:
+    """MLflow's compare-runs page (metrics as tables and step curves) for these runs."""
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        experiments = sorted({client.get_run(i).info.experiment_id for i in mlflow_run_ids})
+    except Exception:  # noqa: BLE001 - a down server still gets a usable link
+        experiments = []
+    compact = {"separators": (",", ":")}
+    url = f"{tracking_uri.rstrip('/')}/#/compare-runs?runs={json.dumps(mlflow_run_ids, **compact)}"
+    return url + (f"&experiments={json.dumps(experiments, **compact)}" if experiments else "")
 
 
 def stage_cell(row: tuple | None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -135,6 +136,17 @@ class TrackSettings(_Section):
     model_alias: str = "current"
 
 
+class ServeSettings(_Section):
+    """Where `influmix serve` runs the Prefect server, worker and MLflow server."""
+
+    host: str = Field("127.0.0.1", description="bind address; anything but loopback exposes the services")
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    work_pool: str = Field("influmix-process", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    startup_timeout: float = Field(180.0, gt=0, description="seconds each service gets to become healthy")
+    dir: Path | None = Field(None, description="logs, pid files and the env file; default <run_dir>/services")
+
+
 class RunnerSettings(_Section):
     """Where the sharded stages (embed, probe, influence scoring) run: in this process or on a Ray cluster.
 
@@ -157,6 +169,7 @@ class Settings(_Section):
     run_id: str | None = None
     seed: int = 0
     stages: int = Field(2, ge=1)
+    reuse_stages: bool = Field(True, description="skip stages a previous attempt of the same run id finished")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     reference: ReferenceSettings = Field(default_factory=ReferenceSettings)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
@@ -167,6 +180,7 @@ class Settings(_Section):
     select: SelectSettings = Field(default_factory=SelectSettings)
     track: TrackSettings = Field(default_factory=TrackSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @property
     def database(self) -> Path:
@@ -174,7 +188,9 @@ class Settings(_Section):
 
     @property
     def mlflow_uri(self) -> str:
-        return self.track.tracking_uri or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}"
+        """`track.tracking_uri`, else MLflow's own MLFLOW_TRACKING_URI (set by `influmix serve`), else a local file."""
+        return (self.track.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
 
     @model_validator(mode="after")
     def _fast_labels_need_fast_probes(self) -> Settings:
@@ -183,8 +199,8 @@ class Settings(_Section):
         return self
 
     def config_hash(self) -> str:
-        """Hash of everything that shapes the mixture: the run id and where it runs (`runner`) are left out."""
-        payload = self.model_dump(mode="json", exclude={"run_id", "runner"})
+        """Hash of everything that shapes the mixture: where it runs (run id, services, runner) is left out."""
+        payload = self.model_dump(mode="json", exclude={"run_id", "serve", "runner", "reuse_stages"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def stage_dir(self, run_id: str, stage: int | None = None) -> Path:

@@ -154,3 +154,11 @@ CREATE TABLE IF NOT EXISTS mixture_members (
     round      INTEGER NOT NULL,
     PRIMARY KEY (run_id, stage, doc_id)
 );
+
+-- Facts about this database file. `instance_id` is minted once per file: stage-cache keys include it, so a
+-- cached stage is never reused against a different (or recreated) database.
+CREATE TABLE IF NOT EXISTS meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+INSERT OR IGNORE INTO meta VALUES ('instance_id', CAST(uuid() AS VARCHAR));

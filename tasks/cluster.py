@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sklearn.cluster import MiniBatchKMeans
 
 from influmix import db
 from influmix.config import ConfigError, Settings
 from tasks.embed import load_embeddings
+from tasks.policies import STAGE_CACHE
 
 
 @dataclass
@@ -79,4 +79,4 @@ def load_centroids(con, run_id: str) -> np.ndarray:
     return flat.astype(np.float32).reshape(k, -1)
 
 
-cluster_task = task(cluster_documents, name="cluster", cache_policy=NO_CACHE)
+cluster_task = task(cluster_documents, name="cluster", cache_policy=STAGE_CACHE, persist_result=True)

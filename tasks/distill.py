@@ -32,6 +32,7 @@ from models.influence_encoder import load_model, predict_texts, save_model, trai
 from models.trainer import resolve_device
 from tasks import shards
 from tasks.embed import embedding_matrix, iter_document_pages, load_embedder, load_embeddings
+from tasks.policies import STAGE_CACHE
 
 
 @dataclass
@@ -154,4 +155,4 @@ def distill_stage(settings: Settings, run_id: str, stage: int) -> DistillStats:
                         len(doc_ids), str(model_dir), cfg.finetune_encoder, time.perf_counter() - started)
 
 
-distill_task = task(distill_stage, name="distill", task_run_name="distill[stage={stage}]", cache_policy=NO_CACHE)
+distill_task = task(distill_stage, name="distill", task_run_name="distill[stage={stage}]", cache_policy=STAGE_CACHE, persist_result=True)

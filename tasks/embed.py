@@ -22,6 +22,7 @@ from influmix.config import EmbedSettings, Settings
 from models.influence_encoder import embedding_dim
 from models.trainer import resolve_device
 from tasks import shards
+from tasks.policies import STAGE_CACHE
 
 PACKAGED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 PAGE_BATCHES = 4
@@ -145,4 +146,4 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
     return flat.astype(np.float32).reshape(table.num_rows, -1)
 
 
-embed_task = task(embed_documents, name="embed", cache_policy=NO_CACHE)
+embed_task = task(embed_documents, name="embed", cache_policy=STAGE_CACHE, persist_result=True)

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pyarrow as pa
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from influmix import db
 from influmix.config import IngestSettings, Settings, SourceSettings
 from tasks.dedup import NearDedup, content_hash
+from tasks.policies import STAGE_CACHE, retry_on_network_error
 from tasks.readers import (
     BadRecord,
     IngestError,
@@ -362,5 +362,7 @@ def load_reference(settings: Settings, run_id: str) -> int:
     return written
 
 
-ingest_task = task(ingest_corpus, name="ingest", cache_policy=NO_CACHE)
-reference_task = task(load_reference, name="reference", cache_policy=NO_CACHE)
+ingest_task = task(ingest_corpus, name="ingest", cache_policy=STAGE_CACHE, persist_result=True,
+                   retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_network_error)
+reference_task = task(load_reference, name="reference", cache_policy=STAGE_CACHE, persist_result=True,
+                      retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_network_error)

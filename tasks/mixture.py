@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
+from tasks.policies import STAGE_CACHE
 from tasks.select import Selection
 
 
@@ -71,4 +71,4 @@ def export_mixture(db_path: Path, run_id: str, stage: int, out: Path) -> int:
     return written
 
 
-write_mixture_task = task(write_mixture, name="write-mixture", task_run_name="write-mixture[stage={selection.stage}]", cache_policy=NO_CACHE)
+write_mixture_task = task(write_mixture, name="write-mixture", task_run_name="write-mixture[stage={selection.stage}]", cache_policy=STAGE_CACHE, persist_result=True)

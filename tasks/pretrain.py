@@ -13,7 +13,6 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
@@ -36,6 +35,7 @@ from models.trainer import (
     train,
 )
 from tasks.embed import iter_document_pages
+from tasks.policies import STAGE_CACHE
 
 
 @dataclass
@@ -164,5 +164,5 @@ def pretrain_stage(settings: Settings, run_id: str, stage: int, progress: bool =
     return info
 
 
-tokenizer_task = task(train_tokenizer, name="tokenizer", cache_policy=NO_CACHE)
-pretrain_task = task(pretrain_stage, name="pretrain", task_run_name="pretrain[stage={stage}]", cache_policy=NO_CACHE)
+tokenizer_task = task(train_tokenizer, name="tokenizer", cache_policy=STAGE_CACHE, persist_result=True)
+pretrain_task = task(pretrain_stage, name="pretrain", task_run_name="pretrain[stage={stage}]", cache_policy=STAGE_CACHE, persist_result=True)

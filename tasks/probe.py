@@ -27,6 +27,7 @@ from models.proxy_lm import document_tensor
 from models.tokenizer import EOS_TOKEN, encode_documents, load_tokenizer
 from models.trainer import load_checkpoint, resolve_device
 from tasks import shards
+from tasks.policies import STAGE_CACHE
 from tasks.pretrain import reference_tensor, tokenizer_path
 
 
@@ -186,4 +187,4 @@ def probe_stage(settings: Settings, run_id: str, stage: int, progress: bool = Tr
                       float(np.std(exact_scores)), fast_rho, exact_s, fast_s)
 
 
-probe_task = task(probe_stage, name="probe", task_run_name="probe[stage={stage}]", cache_policy=NO_CACHE)
+probe_task = task(probe_stage, name="probe", task_run_name="probe[stage={stage}]", cache_policy=STAGE_CACHE, persist_result=True)

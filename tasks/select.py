@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
 from models.bandit import BanditConfig, select_with_bandit
 from tasks.cluster import load_centroids
+from tasks.policies import STAGE_CACHE
 from tasks.probe import available_documents
 
 
@@ -73,4 +73,4 @@ def select_stage(settings: Settings, run_id: str, stage: int, progress: bool = T
     )
 
 
-select_task = task(select_stage, name="select", task_run_name="select[stage={stage}]", cache_policy=NO_CACHE)
+select_task = task(select_stage, name="select", task_run_name="select[stage={stage}]", cache_policy=STAGE_CACHE, persist_result=True)

@@ -19,11 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
 from influmix.report import mixture_summary
+from tasks.policies import STAGE_CACHE, retry_on_network_error
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 PYFUNC_CODE = Path(__file__).resolve().parents[1] / "influmix" / "influence_pyfunc.py"
@@ -147,4 +147,5 @@ def log_influence_model(mlflow, settings: Settings, run_id: str, stage: int) -> 
     return version
 
 
-track_task = task(track_run, name="track", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+track_task = task(track_run, name="track", cache_policy=STAGE_CACHE, persist_result=True,
+                  retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_network_error)

@@ -1,0 +1,251 @@
+"""The served stack as an operator uses it: `influmix serve`, `prefect deploy`, triggered deployment runs on
+the worker, both UIs, `influmix stop`. Real servers on 127.0.0.1 (free ports), real processes, real browser.
+
+One module-scoped stack serves every test here; two deployment runs with different bandit settings are what
+the MLflow comparison and `influmix compare` are checked on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, tiny_overrides
+
+pytestmark = [pytest.mark.services, pytest.mark.e2e]
+BIN = Path(sys.executable).parent
+STAGES = ["start-run", "ingest", "reference", "embed", "cluster", "tokenizer", "pretrain[stage=0]", "probe[stage=0]",
+          "distill[stage=0]", "select[stage=0]", "write-mixture[stage=0]", "pretrain[stage=1]", "probe[stage=1]",
+          "distill[stage=1]", "select[stage=1]", "write-mixture[stage=1]", "track", "publish", "finish-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    return proc
+
+
+def client_env(settings) -> dict[str, str]:
+    """What `source <run_dir>/services/env` gives a shell, plus PWD as a shell in the repo has it."""
+    from influmix.services import base_env
+
+    return {**base_env(settings), "PWD": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from influmix.config import load_settings
+
+    run_dir = tmp_path_factory.mktemp("served") / "runs"
+    args = ["--set", f'run_dir="{run_dir}"', "--set", f"serve.prefect_port={free_port()}",
+            "--set", f"serve.mlflow_port={free_port()}"]
+    settings = load_settings(None, [a for a in args if a != "--set"])
+    try:
+        up = run([str(BIN / "influmix"), "serve", *args])
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield settings, args
+    finally:
+        down = run([str(BIN / "influmix"), "stop", *args])
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+@pytest.fixture(scope="module")
+def deployed(stack):
+    settings, _ = stack
+    proc = run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
+               env=client_env(settings))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return settings
+
+
+def trigger(settings, extra: list[str]) -> str:
+    """Run the ad-hoc deployment on the worker and wait for it; returns the flow run id."""
+    params = {"config": None, "overrides": [*tiny_overrides(settings.run_dir), *extra]}
+    proc = run([str(BIN / "prefect"), "deployment", "run", "curate/curate-adhoc", "--params", json.dumps(params),
+                "--watch", "--watch-timeout", "900"], env=client_env(settings), timeout=960)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return re.search(r"UUID:\s*([0-9a-f-]{36})", proc.stdout).group(1)
+
+
+@pytest.fixture(scope="module")
+def served_runs(deployed):
+    """Two worker runs of the ad-hoc deployment with different bandit settings."""
+    settings = deployed
+    return settings, [trigger(settings, []), trigger(settings, ["select.ucb_alpha=0.0", "select.exploit_batch=4"])]
+
+
+def prefect_client(settings):
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from influmix.services import prefect_api_url
+
+    with temporary_settings({PREFECT_API_URL: prefect_api_url(settings)}):
+        from prefect.client.orchestration import get_client
+
+        client: SyncPrefectClient = get_client(sync_client=True)
+    return client
+
+
+def test_services_are_healthy_on_loopback(stack):
+    settings, args = stack
+    proc = run([str(BIN / "influmix"), "services", *args])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(" yes ") == 3, proc.stdout
+    assert "127.0.0.1" in proc.stdout
+    env_file = (settings.run_dir / "services" / "env").read_text()
+    assert f"PREFECT_API_URL=http://127.0.0.1:{settings.serve.prefect_port}/api" in env_file
+
+
+def test_a_taken_port_is_a_clear_error(stack, tmp_path):
+    settings, _ = stack
+    proc = run([str(BIN / "influmix"), "serve", "--set", f'run_dir="{tmp_path}"',
+                "--set", f"serve.prefect_port={settings.serve.mlflow_port}"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"port {settings.serve.mlflow_port} on 127.0.0.1 is taken" in proc.stderr
+    assert "serve.prefect_port" in proc.stderr
+
+
+def test_deployments_are_registered_with_a_cron_schedule(deployed):
+    with prefect_client(deployed) as client:
+        nightly = client.read_deployment_by_name("curate/curate-nightly")
+        adhoc = client.read_deployment_by_name("curate/curate-adhoc")
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert nightly.work_pool_name == adhoc.work_pool_name == deployed.serve.work_pool
+    assert adhoc.schedules == []
+
+
+def test_deployment_runs_finish_on_the_worker_and_link_both_ways(served_runs):
+    import mlflow
+
+    from influmix import db
+    from influmix.services import mlflow_url
+
+    settings, flow_run_ids = served_runs
+    client = mlflow.MlflowClient(tracking_uri=mlflow_url(settings))
+    with prefect_client(settings) as prefect:
+        for flow_run_id in flow_run_ids:
+            flow_run = prefect.read_flow_run(flow_run_id)
+            assert flow_run.state.is_completed()
+            assert flow_run.work_pool_name == settings.serve.work_pool
+            mlflow_run_id = next(t.split(":", 1)[1] for t in flow_run.tags if t.startswith("mlflow-run:"))
+            assert client.get_run(mlflow_run_id).data.tags["prefect.flow_run_id"] == flow_run_id
+            artifacts = prefect.read_artifacts(limit=50)
+            run_id = next(t.split(":", 1)[1] for t in flow_run.tags if t.startswith("influmix-run:"))
+            mixture = next(a for a in artifacts if a.key == f"mixture-{run_id}")
+            assert "| domain |" in mixture.data and mlflow_run_id in mixture.data
+            with db.connect(settings.database, read_only=True) as con:
+                assert db.rows(con, "get_run", {"run_id": run_id})[0][3] == "completed"
+
+
+def test_compare_two_served_runs(served_runs):
+    from influmix import db
+
+    settings, _ = served_runs
+    with db.connect(settings.database, read_only=True) as con:
+        run_ids = [r[0] for r in db.rows(con, "list_runs")]
+    proc = run([str(BIN / "influmix"), "compare", *run_ids[:2], "--db", str(settings.database)],
+               env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{settings.serve.mlflow_port}"})
+    assert proc.returncode == 0, proc.stderr
+    assert "ucb_alpha" in proc.stdout and "compare-runs" in proc.stdout
+
+
+# --- in a browser: Debian's chromium through Playwright ------------------------------------------------------
+
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
+SHOTS = os.environ.get("INFLUMIX_SCREENSHOTS")  # e.g. docs/screenshots to refresh the README's pictures
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (`apt-get install chromium`; .ci/run does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-background-networking"])
+        yield browser.new_page(viewport={"width": 1500, "height": 1000})
+        browser.close()
+
+
+def wait_for_text(page, pattern: str, timeout_s: float = 60.0) -> re.Match:
+    """Poll the rendered page text: both UIs render client-side and stream their data in."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        match = re.search(pattern, page.inner_text("body"))
+        if match or time.monotonic() > deadline:
+            assert match, f"{pattern!r} never appeared on {page.url}:\n{page.inner_text('body')[:2000]}"
+            return match
+        page.wait_for_timeout(500)
+
+
+def screenshot(page, name: str, tmp_path: Path) -> Path:
+    folder = Path(SHOTS) if SHOTS else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=False)
+    return folder / name
+
+
+@pytest.mark.browser
+def test_prefect_ui_shows_every_stage_completed(served_runs, page, tmp_path):
+    from influmix.services import prefect_api_url
+
+    settings, flow_run_ids = served_runs
+    page.goto(f"{prefect_api_url(settings)[:-4]}/runs/flow-run/{flow_run_ids[0]}", wait_until="commit")
+    wait_for_text(page, r"curate-adhoc")
+    screenshot(page, "prefect_flow_run.png", tmp_path)
+    page.get_by_text("Task Runs", exact=True).first.click()
+    total, completed = wait_for_text(page, r"(\d+) Task runs\s*\((\d+) Completed\)").groups()
+    assert total == completed
+    for stage in STAGES:  # the list streams in after the counts
+        wait_for_text(page, rf"\n{re.escape(stage)}(-[0-9a-f]{{3}})?\nCompleted")
+    screenshot(page, "prefect_task_runs.png", tmp_path)
+
+
+@pytest.mark.browser
+def test_mlflow_ui_lists_runs_and_compares_their_curves(served_runs, page, tmp_path):
+    import mlflow
+
+    from influmix.services import mlflow_url
+
+    settings, _ = served_runs
+    base = mlflow_url(settings)
+    client = mlflow.MlflowClient(tracking_uri=base)
+    runs = client.search_runs([client.get_experiment_by_name(settings.track.experiment).experiment_id])
+    assert len(runs) == 2
+    experiment = runs[0].info.experiment_id
+    page.goto(f"{base}/#/experiments/{experiment}/runs", wait_until="commit")
+    for r in runs:
+        wait_for_text(page, re.escape(r.info.run_name))
+    screenshot(page, "mlflow_runs.png", tmp_path)
+
+    ids = json.dumps([r.info.run_id for r in runs], separators=(",", ":"))
+    page.goto(f"{base}/#/compare-runs?runs={ids}&experiments=[\"{experiment}\"]", wait_until="commit")
+    wait_for_text(page, r"Comparing 2 Runs")
+    wait_for_text(page, r"select\.ucb_alpha")
+    screenshot(page, "mlflow_compare.png", tmp_path)
+
+    page.goto(f"{base}/#/experiments/{experiment}/runs?compareRunsMode=CHART", wait_until="commit")
+    page.get_by_placeholder("Search metric charts").fill("bandit_reward")
+    for stage in (0, 1):
+        for r in runs:  # one curve per run in each chart's legend
+            wait_for_text(page, re.escape(f"{r.info.run_name} (bandit_reward_stage{stage})"))
+    page.wait_for_timeout(3000)  # let the charts finish drawing before the picture
+    screenshot(page, "mlflow_curves.png", tmp_path)
