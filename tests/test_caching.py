@@ -53,7 +53,7 @@ def test_rerun_of_a_finished_run_reuses_every_stage(e2e_run):
     assert state.is_completed()
     again = state.result()
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[again.flow_run_id])),
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[again.prefect_flow_run_id])),
                                           sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
     states = {t.name: t.state_name for t in task_runs}
     stage_runs = {name: s for name, s in states.items() if stage_of(name) in CACHED_STAGES}
