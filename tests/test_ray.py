@@ -88,16 +88,20 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _snapshot(database: str) -> dict[str, object]:
-    """What the runner must not change: per-stage mixtures, embeddings, probes, influence scores."""
+def _snapshot(database: str, run_id: str) -> dict[str, object]:
+    """What the runner must not change: one run's per-stage mixtures, embeddings, probes, influence scores.
+
+    Filtered by run id: other tests add runs (e.g. `second_run`) to the shared e2e database."""
     con = duckdb.connect(database, read_only=True)
     try:
-        mixtures = con.execute("SELECT stage, list(doc_id ORDER BY doc_id) FROM mixture_members GROUP BY stage "
-                               "ORDER BY stage").fetchall()
-        embeddings = con.execute("SELECT doc_id, embedding FROM embeddings ORDER BY doc_id").fetchall()
+        mixtures = con.execute("SELECT stage, list(doc_id ORDER BY doc_id) FROM mixture_members WHERE run_id = $run "
+                               "GROUP BY stage ORDER BY stage", {"run": run_id}).fetchall()
+        embeddings = con.execute("SELECT doc_id, embedding FROM embeddings WHERE run_id = $run ORDER BY doc_id",
+                                 {"run": run_id}).fetchall()
         probes = con.execute("SELECT stage, doc_id, exact_score, fast_score, loss_before, loss_after, split "
-                             "FROM probes ORDER BY stage, doc_id").fetchall()
-        scores = con.execute("SELECT stage, doc_id, score FROM influence_scores ORDER BY stage, doc_id").fetchall()
+                             "FROM probes WHERE run_id = $run ORDER BY stage, doc_id", {"run": run_id}).fetchall()
+        scores = con.execute("SELECT stage, doc_id, score FROM influence_scores WHERE run_id = $run ORDER BY stage, doc_id",
+                             {"run": run_id}).fetchall()
     finally:
         con.close()
     return {"mixtures": mixtures, "embeddings": embeddings, "probes": probes, "scores": scores}
@@ -120,7 +124,7 @@ def test_ray_runner_gives_the_default_runners_mixture(e2e_run, ray_head, tmp_pat
     result = curate(None, [*tiny_overrides(tmp_path / "runs"), 'runner.kind="ray"',
                            f'runner.ray_address="{ray_head}"', "runner.shards=3"])
     print(f"Ray run: {time.perf_counter() - started:.1f} s")
-    on_ray, by_default = _snapshot(result.database), _snapshot(default.database)
+    on_ray, by_default = _snapshot(result.database, result.run_id), _snapshot(default.database, default.run_id)
     assert len(on_ray["mixtures"]) == settings.stages and all(ids for _, ids in on_ray["mixtures"])
     assert on_ray["mixtures"] == by_default["mixtures"]
     assert on_ray["embeddings"] == by_default["embeddings"]
