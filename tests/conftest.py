@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ def sample_texts(n: int = 300, max_chars: int | None = None) -> list[str]:
             if len(texts) == n:
                 break
     return texts
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, for servers the tests start on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tiny_overrides(run_dir: Path, corpus_records: int = 240) -> list[str]:

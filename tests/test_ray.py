@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,16 +18,10 @@ import pytest
 
 from influmix.config import ConfigError
 from tasks.shards import connect_ray, disconnect_ray, shard_bounds, split_table, tag_pages
-from tests.conftest import tiny_overrides
+from tests.conftest import free_port, tiny_overrides
 
 pytestmark = pytest.mark.services
 RAY = Path(sys.executable).with_name("ray")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("n_items", [0, 1, 7, 8, 9, 64, 237])

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,19 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import REPO, free_port, tiny_overrides
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 BIN = Path(sys.executable).parent
 STAGES = ["start-run", "ingest", "reference", "embed", "cluster", "tokenizer", "pretrain[stage=0]", "probe[stage=0]",
           "distill[stage=0]", "select[stage=0]", "write-mixture[stage=0]", "pretrain[stage=1]", "probe[stage=1]",
           "distill[stage=1]", "select[stage=1]", "write-mixture[stage=1]", "track", "publish", "finish-run"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
