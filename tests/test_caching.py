@@ -32,11 +32,17 @@ def mixture_rows(settings, run_id: str) -> list[tuple]:
         return con.execute("SELECT stage, doc_id FROM mixture_members WHERE run_id = ? ORDER BY ALL", [run_id]).fetchall()
 
 
-def table_counts(settings, run_id: str) -> dict[str, int]:
-    tables = ["documents", "embeddings", "cluster_assignments", "probes", "influence_scores", "mixture_members"]
+ROW_COUNTS = """
+SELECT (SELECT count(*) FROM documents WHERE run_id = $r), (SELECT count(*) FROM embeddings WHERE run_id = $r),
+       (SELECT count(*) FROM cluster_assignments WHERE run_id = $r), (SELECT count(*) FROM probes WHERE run_id = $r),
+       (SELECT count(*) FROM influence_scores WHERE run_id = $r), (SELECT count(*) FROM mixture_members WHERE run_id = $r)
+"""
+
+
+def table_counts(settings, run_id: str) -> tuple[int, ...]:
+    """Rows per stage table for one run: a re-run that wrote anything twice would change them."""
     with db.connect(settings.database, read_only=True) as con:
-        return {t: con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0]
-                for t in tables}
+        return con.execute(ROW_COUNTS, {"r": run_id}).fetchone()
 
 
 @pytest.mark.e2e
