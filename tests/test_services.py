@@ -28,9 +28,8 @@ STAGES = ["start-run", "ingest", "reference", "embed", "cluster", "tokenizer", "
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False,
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False,
                           env={**os.environ, "COLUMNS": "200", **(env or {})})
-    return proc
 
 
 def client_env(settings) -> dict[str, str]:
@@ -83,16 +82,14 @@ def served_runs(deployed):
 
 
 def prefect_client(settings):
-    from prefect.client.orchestration import SyncPrefectClient
+    """A client of the served API (the session's test harness points the default client elsewhere)."""
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from influmix.services import prefect_api_url
 
     with temporary_settings({PREFECT_API_URL: prefect_api_url(settings)}):
-        from prefect.client.orchestration import get_client
-
-        client: SyncPrefectClient = get_client(sync_client=True)
-    return client
+        return get_client(sync_client=True)
 
 
 def test_services_are_healthy_on_loopback(stack):
