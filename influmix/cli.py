@@ -33,10 +33,13 @@ DbOpt = Annotated[Path | None, typer.Option("--db", help="DuckDB file (default: 
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
+    from influmix.db import DatabaseBusyError
+    from influmix.preflight import TrackingUnavailable
     from tasks.embed import EmbedError
     from tasks.ingest import IngestError
 
-    return (ConfigError, IngestError, EmbedError, LookupError, FileNotFoundError, ValueError)
+    return (ConfigError, IngestError, EmbedError, LookupError, FileNotFoundError, ValueError, TrackingUnavailable,
+            DatabaseBusyError)
 
 
 def fail(message: str) -> None:
@@ -59,25 +62,53 @@ def database_for(config: Path | None, db_path: Path | None, overrides: list[str]
     return load_settings(config, overrides).database
 
 
-@app.command()
-def run(config: ConfigOpt = None, set_: SetOpt = None, debug: bool = False) -> None:
-    """Run the whole curation flow and print its report card."""
-    settings = guarded(lambda: load_settings(config, set_), debug)
+def curate_and_report(settings, config: Path | None, overrides: list[str], debug: bool) -> None:
+    """Preflight (sources, tracking server, Prefect API), then the flow, then its report card."""
+    from contextlib import nullcontext
+
+    from prefect.settings import get_current_settings
+
     from flows.curate import curate
+    from influmix import reaper
+    from influmix.preflight import check_tracking, local_prefect, prefect_api_problem
+    from influmix.report import print_run_report
+    from influmix.services import served_env
     from tasks.ingest import check_sources
 
     guarded(lambda: check_sources(settings), debug)
-    from influmix.report import print_run_report
-    from influmix.services import served_env
-
     for key, value in served_env(settings).items():  # report into the served UIs when `influmix serve` runs
         if not os.environ.get(key):
             os.environ[key] = value
             console.print(f"using the served stack: {key}={value}", highlight=False)
+    guarded(lambda: check_tracking(settings), debug)
+    problem = prefect_api_problem()
+    if problem:
+        err.print(f"[bold yellow]warning:[/bold yellow] {problem}", highlight=False)
+    if problem or not get_current_settings().api.url:
+        reaper.watch()  # the temporary Prefect server must not outlive a killed run
 
     started = time.perf_counter()
-    result = guarded(lambda: curate(str(config) if config else None, list(set_ or [])), debug)
+    with local_prefect() if problem else nullcontext():
+        result = guarded(lambda: curate(str(config) if config else None, overrides), debug)
     print_run_report(settings, result, time.perf_counter() - started, console)
+
+
+@app.command()
+def run(config: ConfigOpt = None, set_: SetOpt = None, debug: bool = False) -> None:
+    """Run the whole curation flow and print its report card."""
+    settings = guarded(lambda: load_settings(config, set_), debug)
+    curate_and_report(settings, config, list(set_ or []), debug)
+
+
+@app.command()
+def resume(run_id: str, config: ConfigOpt = None, db: DbOpt = None, debug: bool = False) -> None:
+    """Finish a crashed or failed run with its own settings: finished stages are reused, the rest redone."""
+    from tasks.runs import resume_settings_file
+
+    path = guarded(lambda: resume_settings_file(database_for(config, db), run_id), debug)
+    settings = guarded(lambda: load_settings(path), debug)
+    console.print(f"resuming {run_id} with {path}", highlight=False)
+    curate_and_report(settings, path, [], debug)
 
 
 @app.command()

@@ -1,12 +1,19 @@
 """The DuckDB layer: every statement comes from a `.sql` file in `sql/` and every value is bound.
 
 DuckDB allows a single writing process, so stages open a short-lived connection, do their writes in one
-transaction and close it; nothing holds the file open between stages.
+transaction and close it; nothing holds the file open between stages. When another process holds the file
+(a second run, a long ingest), `connect` says "database busy, waiting" and retries until it is free, so
+concurrent runs and readers serialise instead of failing; `INFLUMIX_DB_BUSY_TIMEOUT` (seconds, default an
+hour) bounds the wait.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from functools import cache
 from importlib import resources
@@ -23,15 +30,49 @@ def sql(name: str) -> str:
     return resources.files("sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
 
 
+class DatabaseBusyError(RuntimeError):
+    """Another process kept the database longer than `INFLUMIX_DB_BUSY_TIMEOUT` allows."""
+
+
+_LOCK_HOLDER = re.compile(r"\(PID (\d+)\)")
+
+
+def busy_timeout() -> float:
+    return float(os.environ.get("INFLUMIX_DB_BUSY_TIMEOUT", "3600"))
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """`duckdb.connect`, waiting while another process holds the file's lock."""
+    deadline, delay, said = time.monotonic() + busy_timeout(), 0.1, 0.0
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            holder = _LOCK_HOLDER.search(str(exc))
+            who = f"process {holder.group(1)}" if holder else "another process"
+            now = time.monotonic()
+            if now >= deadline:
+                raise DatabaseBusyError(
+                    f"database {path} is still held by {who} after {busy_timeout():.0f} s "
+                    "(raise INFLUMIX_DB_BUSY_TIMEOUT to wait longer)") from None
+            if now - said >= 60 or not said:
+                print(f"influmix: database {path} busy (held by {who}), waiting", file=sys.stderr, flush=True)
+                said = now
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+
 @contextlib.contextmanager
 def connect(db_path: str | Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the database, creating the schema on first use; close it on exit."""
+    """Open the database (waiting while another process writes), creating the schema on first use."""
     path = Path(db_path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.exists():
         raise FileNotFoundError(f"no influmix database at {path}")
-    con = duckdb.connect(str(path), read_only=read_only)
+    con = _open(path, read_only)
     try:
         con.execute("SET enable_progress_bar = false")
         if not read_only:

@@ -21,7 +21,7 @@ def mixture_summary(db_path: Path, run_id: str) -> dict[str, Any]:
         header = db.rows(con, "get_run", {"run_id": run_id})
         if not header:
             raise LookupError(f"no run {run_id!r} in {db_path}")
-        run_id_, config_hash, _, status, started, finished, mlflow_run_id, flow_run_id = header[0]
+        run_id_, config_hash, _, status, started, finished, mlflow_run_id, flow_run_id, *_ = header[0]
         stages = []
         for stage, _, budget, tokens, n_docs, created in db.rows(con, "mixture_headers", {"run_id": run_id}):
             params = {"run_id": run_id, "stage": stage}

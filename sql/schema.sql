@@ -12,6 +12,9 @@ CREATE TABLE IF NOT EXISTS runs (
     mlflow_run_id       VARCHAR,
     prefect_flow_run_id VARCHAR
 );
+-- Which process runs it: `influmix resume` refuses to start a second worker on a run that is still alive.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 
 -- Clean, deduplicated pool documents. doc_id is stable: the record's own id, else source:line.
 CREATE TABLE IF NOT EXISTS documents (

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
+from influmix.faults import failpoint
 from models.influence import (
     InfluenceConfig,
     load_head,
@@ -99,12 +100,18 @@ def score_shard(settings: Settings, model_dir: str, finetuned: bool, input_path:
     table = pq.read_table(input_path)
     if finetuned:
         model = load_model(model_dir, device)
-        scores = [predict_texts(model, page.column("text").to_pylist(), batch_size=settings.embed.batch_size)
-                  for page in shards.pages_of(table, SCORE_PAGE)]
+
+        def score_page(page: pa.Table) -> np.ndarray:
+            return predict_texts(model, page.column("text").to_pylist(), batch_size=settings.embed.batch_size)
     else:
         head = load_head(model_dir, device)
-        scores = [predict(head, embedding_matrix(page), batch_size=SCORE_PAGE)
-                  for page in shards.pages_of(table, SCORE_PAGE)]
+
+        def score_page(page: pa.Table) -> np.ndarray:
+            return predict(head, embedding_matrix(page), batch_size=SCORE_PAGE)
+    scores = []
+    for page in shards.pages_of(table, SCORE_PAGE):
+        failpoint("distill.page")
+        scores.append(score_page(page))
     shards.write_table(Path(output_path), pa.table({
         "doc_id": table.column("doc_id"), "score": pa.array(np.concatenate(scores or [np.zeros(0)]), pa.float64())}))
     return {"documents": table.num_rows}

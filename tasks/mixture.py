@@ -16,6 +16,7 @@ from prefect import task
 
 from influmix import db
 from influmix.config import Settings
+from influmix.faults import failpoint
 from tasks.policies import STAGE_CACHE
 from tasks.select import Selection
 
@@ -34,6 +35,7 @@ def write_mixture(settings: Settings, run_id: str, selection: Selection) -> dict
             "run_id": run_id, "stage": stage, "config_hash": settings.config_hash(),
             "token_budget": selection.token_budget, "tokens": selection.tokens, "n_documents": n,
         })
+        failpoint("mixture.write")
         db.insert_arrow(con, "insert_mixture_members", pa.table({
             "run_id": [run_id] * n, "stage": [stage] * n, "doc_id": selection.doc_ids,
             "cluster_id": pa.array(selection.cluster_ids, pa.int32()), "score": selection.scores,

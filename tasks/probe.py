@@ -22,6 +22,7 @@ from scipy.stats import spearmanr
 
 from influmix import db
 from influmix.config import Settings
+from influmix.faults import failpoint
 from models.oracles import EXACT_GPU_BATCH, FAST_BATCH, ProbeConfig, ProbeScores, exact_probes, fast_probes
 from models.proxy_lm import document_tensor
 from models.tokenizer import EOS_TOKEN, encode_documents, load_tokenizer
@@ -95,6 +96,7 @@ def probe_shard(settings: Settings, checkpoint: str, reference: str, exact_batch
     exact = exact_probes(model, optimizer_state, _tensors(exact_rows, device), ref, cfg, progress=False,
                          batch=exact_batch) if exact_rows.num_rows else ProbeScores(*(np.zeros(0),) * 3)
     exact_s = time.perf_counter() - started
+    failpoint("probe.shard")
     started = time.perf_counter()
     fast = fast_probes(model, optimizer_state, _tensors(fast_rows, device), ref, cfg, progress=False,
                        batch=fast_batch) if fast_rows.num_rows else np.zeros(0)

@@ -1,15 +1,24 @@
-"""Run bookkeeping: the `runs` row that every other table's run_id points at."""
+"""Run bookkeeping: the `runs` row that every other table's run_id points at, and resuming a run.
+
+A run stores its exact settings (in `runs.config_json` and `<run_dir>/<run_id>/settings.json`) and the
+process running it, so `influmix resume RUN_ID` can finish it after a crash with the same settings -- the
+stage cache then reuses every stage that had finished -- and refuses while that process is still alive.
+"""
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from influmix import db
 from influmix.config import Settings
+from influmix.preflight import check_tracking
 
 
 def new_run_id() -> str:
@@ -18,20 +27,49 @@ def new_run_id() -> str:
 
 
 def start_run(settings: Settings, prefect_flow_run_id: str | None = None) -> str:
+    """Register the run, after checking the tracking server answers (a deployment has no CLI preflight)."""
+    check_tracking(settings)
     run_id = settings.run_id or new_run_id()
-    settings.stage_dir(run_id).mkdir(parents=True, exist_ok=True)
+    pinned = settings.model_copy(update={"run_id": run_id})
+    run_dir = settings.stage_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "settings.json").write_text(pinned.model_dump_json(indent=2), encoding="utf-8")
     with db.connect(settings.database) as con:
-        db.run(
-            con,
-            "insert_run",
-            {
-                "run_id": run_id,
-                "config_hash": settings.config_hash(),
-                "config_json": settings.model_dump_json(),
-                "prefect_flow_run_id": prefect_flow_run_id,
-            },
-        )
+        db.run(con, "insert_run", {
+            "run_id": run_id, "config_hash": settings.config_hash(), "config_json": pinned.model_dump_json(),
+            "prefect_flow_run_id": prefect_flow_run_id, "host": socket.gethostname(), "pid": os.getpid(),
+        })
     return run_id
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs a Python process (a crashed run's pid may since belong to something else)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    return not cmdline.exists() or b"python" in cmdline.read_bytes() or b"influmix" in cmdline.read_bytes()
+
+
+def resume_settings_file(database: Path, run_id: str) -> Path:
+    """The settings file to re-run `run_id` with; raises LookupError/ValueError when it cannot be resumed."""
+    with db.connect(database, read_only=True) as con:
+        found = db.rows(con, "get_run", {"run_id": run_id})
+    if not found:
+        raise LookupError(f"no run {run_id} in {database}")
+    _, _, config_json, status, *_, host, pid = found[0]
+    if status == "completed":
+        raise ValueError(f"run {run_id} already completed; nothing to resume (`influmix show {run_id}`)")
+    if status == "running" and pid and host == socket.gethostname() and pid != os.getpid() and _alive(pid):
+        raise ValueError(f"run {run_id} is still running in process {pid}; stop it first or wait for it")
+    settings = Settings.model_validate_json(config_json).model_copy(update={"run_id": run_id})
+    path = settings.stage_dir(run_id) / "settings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(settings.model_dump_json(indent=2), encoding="utf-8")
+    return path
 
 
 def finish_run(settings: Settings, run_id: str, status: str, mlflow_run_id: str | None = None) -> None:

@@ -14,6 +14,7 @@ from prefect import task
 
 from influmix import db
 from influmix.config import Settings
+from influmix.faults import failpoint
 from models.bandit import BanditConfig, select_with_bandit
 from tasks.cluster import load_centroids
 from tasks.policies import STAGE_CACHE
@@ -64,6 +65,7 @@ def select_stage(settings: Settings, run_id: str, stage: int, progress: bool = T
             columns = {key: [r[key] for r in rounds] for key in rounds[0]}
             db.insert_arrow(con, "insert_bandit_rounds", pa.table(
                 {"run_id": [run_id] * len(rounds), "stage": [stage] * len(rounds), **columns}))
+        failpoint("select.rounds")
     picked = [int(i) for i in result.selected]
     return Selection(
         stage=stage, token_budget=settings.select.token_budget,

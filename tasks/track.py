@@ -22,6 +22,7 @@ from prefect import task
 
 from influmix import db
 from influmix.config import Settings
+from influmix.preflight import TrackingUnavailable, tracking_problem
 from influmix.report import mixture_summary
 from tasks.policies import STAGE_CACHE, retry_on_network_error
 
@@ -93,6 +94,19 @@ def ensure_experiment(mlflow, settings: Settings) -> str:
 
 def track_run(settings: Settings, run_id: str, metrics: dict[str, float], curves: dict[str, list[float]],
               prefect_flow_run_id: str | None = None) -> TrackInfo:
+    """Log the run to MLflow; if the server went away, say so in one line and how to finish the run later."""
+    try:
+        return _log_run(settings, run_id, metrics, curves, prefect_flow_run_id)
+    except Exception as exc:
+        problem = tracking_problem(settings)
+        if problem is None:
+            raise
+        raise TrackingUnavailable(f"{problem}; every stage's results are saved in {settings.database}: "
+                                  f"`influmix resume {run_id}` tracks them once it is back") from exc
+
+
+def _log_run(settings: Settings, run_id: str, metrics: dict[str, float], curves: dict[str, list[float]],
+             prefect_flow_run_id: str | None) -> TrackInfo:
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow_uri)
