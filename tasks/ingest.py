@@ -4,6 +4,11 @@ Streaming throughout: records flow from the readers (`tasks/readers.py`) one at 
 Arrow batches of `ingest.batch_size`; only the content-hash set, the id map and the MinHash LSH index stay
 in memory. The whole write (including removing an earlier attempt of the same run_id) is one transaction.
 
+A file that breaks while being read is one quarantined item (`bad_file` / `wrong_schema`, see
+`tasks/readers.py`) and the run goes on; a source that cannot be found is an IngestError up front, and so
+is a corpus in which no document survives (after the rows are committed, so the quarantine table says why).
+Byte-identical repeated lines skip parsing, cleaning and hashing (`tasks/repeats.py`), same outcome.
+
 Per record, in order (the first failing check decides the quarantine reason):
 * `missing_text` -- no `text_field` (or it is null); `wrong_type` -- text not a string (bytes are decoded),
   record not an object, or an id that is not a string/integer;
@@ -47,6 +52,7 @@ from tasks.readers import (
     resolve_paths,
     safe_str,
 )
+from tasks.repeats import OutcomeCache
 
 __all__ = [
     "CleanDoc",
@@ -61,6 +67,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+# Quarantine and duplicate rows are small (<1 KB), and DuckDB inserts cost ~half as much per row in batches
+# of 20k as of 2k: only documents (up to max_chars each) are held to `ingest.batch_size`.
+SMALL_ROW_BATCH = 20_000
 
 
 @dataclass
@@ -108,21 +117,30 @@ def _bad(rec: RawRecord, reason: str, detail: str, excerpt: str | None = None) -
 
 
 def _dump(record: dict) -> str:
+    """A short rendering of a record for its quarantine excerpt; never raises (hostile records are nested)."""
     import json
 
     try:
         return json.dumps(record, ensure_ascii=False, default=str)[:1000]
-    except (TypeError, ValueError):
-        return repr(record)[:1000]
+    except (TypeError, ValueError, RecursionError):
+        try:
+            return repr(record)[:1000]
+        except RecursionError:
+            return f"<{type(record).__name__} nested too deeply to show>"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _encodable(value: str) -> int | None:
-    """Index of the first character that is not valid UTF-8 (a lone surrogate), else None."""
-    try:
-        value.encode("utf-8")
+    """Index of the first character that is not valid UTF-8 (a lone surrogate), else None.
+
+    Searched in place (`isascii` is O(1)): encoding a 50 MB text only to test it would copy it.
+    """
+    if value.isascii():
         return None
-    except UnicodeEncodeError as exc:
-        return exc.start
+    found = _SURROGATE.search(value)
+    return None if found is None else found.start()
 
 
 def clean_record(rec: RawRecord, source: SourceSettings, ingest: IngestSettings) -> CleanDoc | BadRecord:
@@ -147,7 +165,7 @@ def clean_record(rec: RawRecord, source: SourceSettings, ingest: IngestSettings)
         return _bad(rec, "wrong_type", f"field {tf!r} is {type(value).__name__}, expected a string")
     text = value.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n").strip()
     if (pos := _encodable(text)) is not None:
-        return _bad(rec, "not_utf8", f"field {tf!r}: lone surrogate at character {pos}", safe_str(text))
+        return _bad(rec, "not_utf8", f"field {tf!r}: lone surrogate at character {pos}", safe_str(text[:1000]))
     if len(text) < ingest.min_chars:
         return _bad(
             rec, "empty_text", f"{len(text)} chars after stripping (min_chars={ingest.min_chars})", value
@@ -180,23 +198,57 @@ def clean_record(rec: RawRecord, source: SourceSettings, ingest: IngestSettings)
     return CleanDoc(doc_id, text, rec.source, domain or "unknown", rec.locator)
 
 
+def _clean_and_hash(rec: RawRecord, source: SourceSettings, ingest: IngestSettings) -> tuple[CleanDoc | BadRecord, str]:
+    doc = clean_record(rec, source, ingest)
+    return doc, "" if isinstance(doc, BadRecord) else content_hash(doc.text)
+
+
+def _readdress_doc(doc: CleanDoc, rec: RawRecord, source: SourceSettings) -> CleanDoc:
+    """`clean_record`'s result for `rec`, a byte-identical repeat of a record that gave `doc`.
+
+    Only a doc_id taken from the locator (the record has no id: `clean_record`'s fallback) moves with it.
+    """
+    doc_id = doc.doc_id
+    if not source.id_field or rec.record.get(source.id_field) in (None, ""):
+        doc_id = f"{rec.source}:{rec.locator}"
+    return CleanDoc(doc_id, doc.text, rec.source, doc.domain, rec.locator)
+
+
+def _no_documents(stats: IngestStats, reasons: Counter[str], examples: dict[str, BadRecord], run_id: str,
+                  database: Path) -> IngestError:
+    """The one-line error for a corpus in which nothing survived: what happened to the records instead."""
+    if not stats.records_read:
+        return IngestError("ingest: `ingest.sources` hold no records (every file is empty or blank)")
+    summary = ", ".join(f"{reason}: {n:,}" for reason, n in reasons.most_common())
+    example = examples[reasons.most_common(1)[0][0]]
+    return IngestError(
+        f"ingest: no usable documents in `ingest.sources`: all {stats.records_read:,} records read were "
+        f"quarantined ({summary}), e.g. {example.source} ({example.locator}): {example.detail}; "
+        f"the quarantine table of run {run_id} in {database} lists them all"
+    )
+
+
 class _Buffer:
-    """Column buffers flushed into DuckDB through `insert_arrow` every `size` rows."""
+    """Rows flushed into DuckDB through `insert_arrow` every `size` rows.
+
+    Rows are kept as tuples and turned into columns at flush: one append per row keeps a million
+    duplicate rows cheap.
+    """
 
     def __init__(self, con, statement: str, columns: list[str], size: int):
         self.con, self.statement, self.columns, self.size = con, statement, columns, size
-        self.data: dict[str, list] = {c: [] for c in columns}
+        self.rows: list[tuple] = []
 
     def add(self, *values) -> None:
-        for column, value in zip(self.columns, values, strict=True):
-            self.data[column].append(value)
-        if len(self.data[self.columns[0]]) >= self.size:
+        self.rows.append(values)
+        if len(self.rows) >= self.size:
             self.flush()
 
     def flush(self) -> None:
-        if self.data[self.columns[0]]:
-            db.insert_arrow(self.con, self.statement, pa.table(self.data))
-            self.data = {c: [] for c in self.columns}
+        if self.rows:
+            columns = zip(*self.rows, strict=True)
+            db.insert_arrow(self.con, self.statement, pa.table(dict(zip(self.columns, columns, strict=True))))
+            self.rows = []
 
 
 def _sources(sources: list[SourceSettings], section: str) -> list[tuple[SourceSettings, list[Path] | None]]:
@@ -228,10 +280,12 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
     sources = _sources(cfg.sources, "ingest")
     stats = IngestStats()
     reasons: Counter[str] = Counter()
+    examples: dict[str, BadRecord] = {}  # the first quarantined item per reason, for the error below
     domains: Counter[str] = Counter()
     seen_hash: dict[str, str] = {}  # content_hash -> doc_id of its first occurrence
     seen_id: dict[str, str] = {}  # doc_id -> content_hash
     near = NearDedup(cfg.near_dup_threshold, cfg.minhash_num_perm, cfg.shingle_words)
+    clean = OutcomeCache(lambda rec, source: _clean_and_hash(rec, source, cfg), _readdress_doc)
     start = time.perf_counter()
 
     with db.connect(settings.database) as con, db.transaction(con):
@@ -247,18 +301,19 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
             con,
             "insert_quarantine",
             ["run_id", "source", "locator", "reason", "detail", "excerpt"],
-            cfg.batch_size,
+            max(cfg.batch_size, SMALL_ROW_BATCH),
         )
         dups = _Buffer(
             con,
             "insert_duplicates",
             ["run_id", "doc_id", "source", "duplicate_of", "kind", "similarity"],
-            cfg.batch_size,
+            max(cfg.batch_size, SMALL_ROW_BATCH),
         )
         pending: list[tuple[CleanDoc, str]] = []  # passed exact dedup, waiting for a bulk MinHash
 
         def quarantine_item(bad: BadRecord) -> None:
             reasons[bad.reason] += 1
+            examples.setdefault(bad.reason, bad)
             quarantine.add(run_id, bad.source, bad.locator, bad.reason, bad.detail, bad.excerpt)
 
         def drain() -> None:
@@ -281,11 +336,10 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
                 if isinstance(item, BadRecord):
                     quarantine_item(item)
                     continue
-                doc = clean_record(item, source, cfg)
+                doc, digest = clean(item, source)
                 if isinstance(doc, BadRecord):
                     quarantine_item(doc)
                     continue
-                digest = content_hash(doc.text)
                 previous = seen_id.get(doc.doc_id)
                 if previous is not None and previous != digest:
                     quarantine_item(
@@ -318,6 +372,8 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
     stats.by_domain = dict(sorted(domains.items()))
     stats.seconds = round(time.perf_counter() - start, 3)
     log.info("ingest %s: %s", run_id, stats)
+    if not stats.documents:  # after the commit, so the quarantine table shows why
+        raise _no_documents(stats, reasons, examples, run_id, settings.database)
     return stats
 
 

@@ -11,9 +11,25 @@ always streamed. Formats go by suffix:
 * `.txt` -- the whole file is **one** document (its id is the file path); split paragraphs upstream if wanted.
 
 Locators say where a record sits: `line:N` (1-based line), `item:N` (0-based array index), `row:N` (0-based
-Parquet / HF row) or `file` (a `.txt` file or a whole-file failure). Problems with a source as a whole
-(missing path, no matching files, unreadable or corrupt file, Parquet without the text column, a HF
-dataset that cannot be loaded) raise `IngestError`, a one-line user error naming the source.
+Parquet / HF row) or `file` (a `.txt` file or a whole-file failure).
+
+Two kinds of failure, deliberately treated differently:
+
+* A **source** that cannot be resolved (missing path, a directory or glob with no supported files, an
+  unsupported file type, a HF dataset that cannot be loaded) raises `IngestError`, a one-line user error
+  naming the source, before any work: it is a typo in the config, and running on without it would
+  silently produce a different corpus. A HF stream that breaks mid-way raises too (mostly the network:
+  the ingest task retries it).
+* A **file** of a resolved source that turns out unusable while reading (unreadable, not gzip, truncated or
+  corrupt compression, not Parquet, Parquet without the text column) becomes one quarantined item --
+  reason `bad_file` or `wrong_schema`, locator `file` or the line/row where reading broke -- and reading
+  goes on with the next file, keeping the records read before the failure. One broken file in a
+  1000-file dump should cost that file, not the run; `ingest_corpus` still fails with one clear line
+  when nothing usable is left.
+
+Hostile records never raise either: deeply nested JSON (RecursionError) is `invalid_json`, anything but
+an object is `wrong_type`, and excerpts are cut from the raw bytes before decoding so a 50 MB line is not
+copied again just to show its first 200 characters.
 """
 
 from __future__ import annotations
@@ -21,8 +37,10 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +49,8 @@ from influmix.config import SourceSettings
 SUPPORTED_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet", ".txt")
 EXCERPT_CHARS = 200
 PARQUET_BATCH_ROWS = 1024
+# What reading a damaged or vanished file raises (gzip.BadGzipFile is an OSError; pyarrow's are added lazily).
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error)
 
 
 class IngestError(ValueError):
@@ -48,7 +68,9 @@ class RawRecord:
 class BadRecord:
     source: str
     locator: str
-    reason: str  # invalid_json | not_utf8 | missing_text | wrong_type | empty_text | too_long | duplicate_id
+    # invalid_json | not_utf8 | missing_text | wrong_type | empty_text | too_long | duplicate_id  (a record)
+    # bad_file | wrong_schema  (a whole file, or the rest of it from `locator` on)
+    reason: str
     detail: str
     excerpt: str
 
@@ -66,8 +88,15 @@ def safe_str(value: str) -> str:
 
 
 def excerpt_of(raw: bytes | str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return safe_str(text[:EXCERPT_CHARS])
+    """The first EXCERPT_CHARS characters, cut before decoding (at most 4 bytes per character)."""
+    text = raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return safe_str(text[:EXCERPT_CHARS].rstrip("\r\n"))
+
+
+def bad_file(source: str, locator: str, exc: BaseException) -> BadRecord:
+    """The quarantine item for a file that broke while being read: what was read before it is kept."""
+    where = "file unreadable" if locator == "file" else f"reading stopped at {locator}"
+    return BadRecord(source, locator, "bad_file", f"{where}: {_one_line(exc)}", "")
 
 
 def source_label(source: SourceSettings) -> str:
@@ -103,6 +132,8 @@ def resolve_paths(source: SourceSettings) -> list[Path]:
         if not files:
             raise IngestError(f"source {raw}: glob matches no {'/'.join(SUPPORTED_SUFFIXES)} files")
         return files
+    if path.exists():
+        raise IngestError(f"source {raw}: not a regular file or directory")
     raise IngestError(f"source {raw}: path does not exist")
 
 
@@ -137,13 +168,24 @@ def _open_binary(path: Path):
 
 
 def read_json_lines(path: Path, source: str) -> Iterator[Item]:
+    """One item per non-blank line; a read error (truncated .gz, I/O error) ends the file as `bad_file`."""
+    from tasks.repeats import LineCache  # here: tasks.repeats imports this module
+
+    number, seen = 0, LineCache()
     with _open_binary(path) as fh:
-        for number, line in enumerate(fh, start=1):
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]  # UTF-8 byte-order mark
-            if not line.strip():
-                continue
-            yield _decode_object(line.rstrip(b"\r\n"), source, f"line:{number}")
+        try:
+            for line in fh:
+                number += 1
+                locator = f"line:{number}"
+                repeat = seen.get(line, source, locator)  # a byte-identical line is not parsed again
+                if repeat is not None:
+                    yield repeat
+                    continue
+                raw = line[3:] if number == 1 and line.startswith(b"\xef\xbb\xbf") else line  # BOM
+                if raw.strip():
+                    yield seen.put(raw, _decode_object(raw, source, locator))  # JSON allows the newline
+        except READ_ERRORS as exc:
+            yield bad_file(source, f"line:{number + 1}" if number else "file", exc)
 
 
 def _first_byte(path: Path) -> bytes:
@@ -171,28 +213,35 @@ def read_json(path: Path, source: str) -> Iterator[Item]:
 
 
 def read_parquet(path: Path, source: str, settings: SourceSettings) -> Iterator[Item]:
+    """Row batches of the text/id/domain columns; no text column is `wrong_schema`, a broken file `bad_file`."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    errors = (*READ_ERRORS, pa.ArrowException)
     try:
         pfile = pq.ParquetFile(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
-        raise IngestError(f"source {source}: not a readable Parquet file ({exc})") from None
-    names = pfile.schema_arrow.names
+        names = pfile.schema_arrow.names
+    except errors as exc:
+        yield bad_file(source, "file", exc)
+        return
     if settings.text_field not in names:
-        raise IngestError(
-            f"source {source}: Parquet file has no text column {settings.text_field!r} "
-            f"(columns: {', '.join(names) or 'none'}); set text_field"
-        )
+        detail = (f"Parquet file has no text column {settings.text_field!r} "
+                  f"(columns: {', '.join(names) or 'none'}); set `text_field` of this source")
+        yield BadRecord(source, "file", "wrong_schema", safe_str(detail)[:500], "")
+        return
     columns = [
         c
         for c in dict.fromkeys([settings.text_field, settings.id_field, settings.domain_field])
         if c in names
     ]
     row = 0
-    for batch in pfile.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-        for record in batch.to_pylist():
-            yield RawRecord(source, f"row:{row}", record)
-            row += 1
+    try:
+        for batch in pfile.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            for record in batch.to_pylist():
+                yield RawRecord(source, f"row:{row}", record)
+                row += 1
+    except errors as exc:
+        yield bad_file(source, f"row:{row}" if row else "file", exc)
 
 
 def read_text(path: Path, source: str, settings: SourceSettings) -> Iterator[Item]:
@@ -209,21 +258,23 @@ def read_text(path: Path, source: str, settings: SourceSettings) -> Iterator[Ite
 
 
 def read_file(path: Path, settings: SourceSettings) -> Iterator[Item]:
+    """Every item of one resolved file; a file that cannot be opened or read at all is one `bad_file` item."""
     source = safe_str(str(path))
     name = path.name
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        items = read_json_lines(path, source)
+    elif name.endswith(".json"):
+        items = read_json(path, source)
+    elif name.endswith(".parquet"):
+        items = read_parquet(path, source, settings)
+    elif name.endswith(".txt"):
+        items = read_text(path, source, settings)
+    else:
+        raise IngestError(f"source {source}: unsupported file type")
     try:
-        if name.endswith((".jsonl", ".jsonl.gz")):
-            yield from read_json_lines(path, source)
-        elif name.endswith(".json"):
-            yield from read_json(path, source)
-        elif name.endswith(".parquet"):
-            yield from read_parquet(path, source, settings)
-        elif name.endswith(".txt"):
-            yield from read_text(path, source, settings)
-        else:
-            raise IngestError(f"source {source}: unsupported file type")
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise IngestError(f"source {source}: could not read file ({exc})") from None
+        yield from items
+    except READ_ERRORS as exc:  # failed to open, or before the reader's own line/row tracking
+        yield bad_file(source, "file", exc)
 
 
 def read_hf(settings: SourceSettings) -> Iterator[Item]:
@@ -270,9 +321,5 @@ def iter_source(settings: SourceSettings, paths: list[Path] | None = None) -> It
         items: Iterator[Item] = read_hf(settings)
     else:
         files = paths if paths is not None else resolve_paths(settings)
-        items = (item for path in files for item in read_file(path, settings))
-    limit = settings.max_records
-    for count, item in enumerate(items, start=1):
-        yield item
-        if limit is not None and count >= limit:
-            return
+        items = chain.from_iterable(read_file(path, settings) for path in files)
+    return items if settings.max_records is None else islice(items, settings.max_records)

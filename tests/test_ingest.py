@@ -219,11 +219,20 @@ def test_parquet_text_and_json_array_inputs(tmp_path):
     assert stats.records_read == 3 + 1 + 2
 
 
-def test_parquet_without_text_column_is_a_user_error(tmp_path):
+def test_parquet_without_text_column_is_quarantined_not_fatal(tmp_path):
+    """One file with the wrong schema costs that file (a `wrong_schema` row), not the run ..."""
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "t.parquet")
+    good = write_jsonl(tmp_path / "good.jsonl", [{"text": "a usable document next to the broken file"}])
+    settings = make_settings(tmp_path, [{"path": str(tmp_path / "t.parquet")}, {"path": str(good)}])
+    stats = ingest_corpus(settings, "r", progress=False)
+    assert stats.documents == 1 and stats.quarantine_by_reason == {"wrong_schema": 1}
+    ((locator, detail),) = query(settings, "SELECT locator, detail FROM quarantine WHERE run_id = 'r'")
+    assert locator == "file" and "no text column 'text'" in detail and "body" in detail
+    # ... but a corpus with nothing usable left is one clear error that says why, after writing the rows
     settings = make_settings(tmp_path, [{"path": str(tmp_path / "t.parquet")}])
-    with pytest.raises(IngestError, match=r"t\.parquet.*no text column 'text'"):
+    with pytest.raises(IngestError, match=r"no usable documents.*wrong_schema: 1.*t\.parquet.*no text column"):
         ingest_corpus(settings, "r", progress=False)
+    assert query(settings, "SELECT reason FROM quarantine WHERE run_id = 'r'") == [("wrong_schema",)]
 
 
 def test_hf_streaming_source(tmp_path):
