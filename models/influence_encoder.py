@@ -226,5 +226,6 @@ def load_model(directory: str | Path, device: str = "cpu") -> InfluenceModel:
     from sentence_transformers import SentenceTransformer
 
     directory = Path(directory)
-    encoder = SentenceTransformer(str(directory / ENCODER_DIR), device=device)
+    encoder = SentenceTransformer(str(directory / ENCODER_DIR), device=device, trust_remote_code=False,
+                                  model_kwargs={"use_safetensors": True})  # never unpickle weights
     return InfluenceModel(encoder, load_head(directory, device)).to(device).eval()

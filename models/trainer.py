@@ -3,6 +3,8 @@
 Training runs in stages (MATES: select data, train a stage, probe the new checkpoint, select again). The
 learning-rate schedule spans all stages, so a stage passes `step_offset` to continue where the last one
 stopped, and a checkpoint keeps the optimizer state because the probe oracle needs Adam's moments.
+Checkpoints are data only: weights and optimizer tensors in safetensors, everything else in JSON; nothing
+is ever unpickled, so a checkpoint from elsewhere cannot run code when it is loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -213,19 +215,58 @@ def train(
     return run_steps(model, forward_model, optimizer, sequences, order, cfg, step_offset, progress)
 
 
+OPTIMIZER_TENSORS, OPTIMIZER_JSON = "optimizer.safetensors", "optimizer.json"
+
+
+def save_optimizer_state(state: dict[str, Any], directory: Path) -> None:
+    """An optimizer `state_dict` as optimizer.safetensors (each parameter's state tensors, named
+    `state.<index>.<name>`) plus optimizer.json (param_groups, and any non-tensor state values)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for index, entry in state["state"].items():
+        for name, value in entry.items():
+            key = f"state.{index}.{name}"
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value.detach().contiguous()
+            else:
+                scalars[key] = value
+    save_file(tensors, str(directory / OPTIMIZER_TENSORS))
+    meta = {"params": list(state["state"]), "scalars": scalars, "param_groups": state["param_groups"]}
+    (directory / OPTIMIZER_JSON).write_text(json.dumps(meta, indent=1))
+
+
+def load_optimizer_state(directory: Path, device: str = "cpu") -> dict[str, Any]:
+    """The `state_dict` `save_optimizer_state` wrote: JSON lists in param_groups (betas) become tuples again."""
+    if not (directory / OPTIMIZER_JSON).exists():
+        old = " in the old pickle format (optimizer.pt), which is no longer read" if (
+            directory / "optimizer.pt").exists() else ""
+        raise FileNotFoundError(f"checkpoint {directory} has no {OPTIMIZER_JSON}{old}: re-run its pretrain "
+                                "stage (reuse_stages = false)")
+    meta = json.loads((directory / OPTIMIZER_JSON).read_text())
+    state: dict[int, dict[str, Any]] = {int(index): {} for index in meta["params"]}
+    for key, value in [*load_file(str(directory / OPTIMIZER_TENSORS), device=device).items(),
+                       *meta["scalars"].items()]:
+        _, index, name = key.split(".", 2)
+        state[int(index)][name] = value
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
+              for group in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
 def save_checkpoint(
     directory: str | Path, model: GPTNeoXForCausalLM, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
 ) -> Path:
-    """Write model.safetensors, config.json, optimizer.pt and meta.json into `directory`.
+    """Write model.safetensors, config.json, optimizer.safetensors/.json and meta.json into `directory`.
 
     meta.json is written last: a folder without it is an interrupted save, not a checkpoint.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "meta.json").unlink(missing_ok=True)
+    (directory / "optimizer.pt").unlink(missing_ok=True)  # left by an older version: never read
     save_model(model, str(directory / "model.safetensors"))  # handles shared tensors if a config ties them
     model.config.to_json_file(str(directory / "config.json"))
-    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    save_optimizer_state(optimizer.state_dict(), directory)
     (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return directory
 
@@ -235,7 +276,7 @@ def load_checkpoint(
 ) -> tuple[GPTNeoXForCausalLM, dict[str, Any], dict[str, Any]]:
     """Rebuild (model, optimizer state dict, meta) from `save_checkpoint`'s folder.
 
-    The optimizer state is read with weights_only=True: a checkpoint is data, never code to unpickle.
+    Everything is read from safetensors and JSON: a checkpoint is data, never code to unpickle.
     Pass the state to `make_optimizer(...).load_state_dict` to resume, or to the oracles to probe.
     """
     directory = Path(directory)
@@ -248,6 +289,6 @@ def load_checkpoint(
     weights = load_file(str(directory / "model.safetensors"), device=device)
     model.to(device=device, dtype=next(iter(weights.values())).dtype)  # keep a float64/bf16 model's dtype
     model.load_state_dict(weights, strict=True)
-    optimizer_state = torch.load(directory / "optimizer.pt", map_location=device, weights_only=True)
+    optimizer_state = load_optimizer_state(directory, device)
     meta = json.loads((directory / "meta.json").read_text())
     return model, optimizer_state, meta

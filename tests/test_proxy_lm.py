@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from models.oracles import ProbeConfig, exact_probes
 from models.proxy_lm import (
     PRESETS,
     build_proxy_lm,
@@ -136,6 +138,9 @@ def test_training_reduces_loss_and_checkpoint_round_trip(tok, texts, tmp_path):
     assert sum(result.losses[-5:]) / 5 < result.losses[0] - 0.3
 
     save_checkpoint(tmp_path / "ckpt", model, optimizer, {"stage": 0, "step": 30})
+    # data only: safetensors + JSON, no pickle anywhere in a checkpoint
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {
+        "model.safetensors", "config.json", "optimizer.safetensors", "optimizer.json", "meta.json"}
     loaded, opt_state, meta = load_checkpoint(tmp_path / "ckpt")
     assert meta == {"stage": 0, "step": 30}
     assert loaded.config._attn_implementation == "eager"
@@ -143,6 +148,11 @@ def test_training_reduces_loss_and_checkpoint_round_trip(tok, texts, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(input_ids=rows[:4]).logits, loaded(input_ids=rows[:4]).logits)
     _assert_optimizer_states_equal(optimizer.state_dict(), opt_state)
+    # the oracles rebuild AdamW from the loaded state: same probe scores as from the live optimizer
+    probe_cfg = ProbeConfig(lr=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0)
+    docs, ref = [rows[i : i + 1, :32] for i in range(3)], rows[4:6]
+    live = exact_probes(model, optimizer.state_dict(), docs, ref, probe_cfg, progress=False, batch=0).scores
+    assert np.array_equal(live, exact_probes(loaded, opt_state, docs, ref, probe_cfg, progress=False, batch=0).scores)
 
     # resuming from the checkpoint continues exactly like the run that never stopped
     resumed = make_optimizer(loaded, cfg)
@@ -157,6 +167,19 @@ def test_load_checkpoint_rejects_incomplete(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(FileNotFoundError, match="meta.json"):
         load_checkpoint(tmp_path / "half")
+
+
+def test_fresh_optimizer_round_trips_and_pickled_state_is_refused(tmp_path):
+    model = build_proxy_lm("tiny", vocab_size=512, seq_len=64, seed=0, overrides=SMALL_LM)
+    optimizer = make_optimizer(model, train_config())
+    save_checkpoint(tmp_path / "fresh", model, optimizer, {"stage": 0})
+    _, state, _ = load_checkpoint(tmp_path / "fresh")
+    _assert_optimizer_states_equal(optimizer.state_dict(), state)  # no steps yet: empty state, same groups
+    assert state["state"] == {} and isinstance(state["param_groups"][0]["betas"], tuple)
+    # a checkpoint from before safetensors optimizer state: refused with a clear line, never unpickled
+    (tmp_path / "fresh" / "optimizer.json").rename(tmp_path / "fresh" / "optimizer.pt")
+    with pytest.raises(FileNotFoundError, match=r"optimizer\.pt.*no longer read.*reuse_stages"):
+        load_checkpoint(tmp_path / "fresh")
 
 
 def test_train_result_reports_model_flops(tok, texts, monkeypatch):
