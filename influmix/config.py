@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import re
 import tomllib
@@ -223,9 +224,9 @@ class Settings(_Section):
         base = run_subdir(self.run_dir, run_id, "run_dir")
         if stage is None:
             return base
-        if not isinstance(stage, int) or isinstance(stage, bool) or stage < 0:
+        if not isinstance(stage, numbers.Integral) or isinstance(stage, bool) or stage < 0:
             raise ConfigError(f"setting `stages`: stage {stage!r} is not a stage number")
-        return base / f"stage-{stage}"
+        return base / f"stage-{int(stage)}"
 
 
 def check_run_id(run_id: str) -> str:
