@@ -284,6 +284,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
 
             data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":  # what a run stores as `<run_dir>/<run_id>/settings.json`
+            data = json.loads(text)
         else:
             data = tomllib.loads(text)
     except Exception as exc:  # noqa: BLE001 - any parse error is a user mistake, reported in one line

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from influmix import db
 from influmix.config import EmbedSettings, Settings
+from influmix.faults import failpoint
 from models.influence_encoder import embedding_dim
 from models.trainer import resolve_device
 from tasks import shards
@@ -145,10 +146,13 @@ def embed_shard(settings: Settings, input_path: str, output_path: str, threads: 
     cfg = settings.embed
     encoder = load_embedder(cfg.model, cfg.device, cfg.max_seq_length)
     pages = list(shards.pages_of(pq.read_table(input_path), page_size(cfg)))
+    vectors = []
+    for page in pages:
+        failpoint("embed.batch")
+        vectors.append(encode_page(encoder, page.column("text").to_pylist(), cfg.batch_size))
     shards.write_table(Path(output_path), pa.table({
         "doc_id": pa.concat_arrays([page.column("doc_id").combine_chunks() for page in pages]),
-        "embedding": pa.concat_arrays([encode_page(encoder, page.column("text").to_pylist(), cfg.batch_size)
-                                       for page in pages]),
+        "embedding": pa.concat_arrays(vectors),
     }))
     return {"documents": sum(page.num_rows for page in pages), "dim": int(embedding_dim(encoder))}
 

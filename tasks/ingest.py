@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from influmix import db
 from influmix.config import IngestSettings, Settings, SourceSettings
+from influmix.faults import failpoint
 from tasks.dedup import NearDedup, content_hash
 from tasks.policies import STAGE_CACHE, retry_on_network_error
 from tasks.readers import (
@@ -332,6 +333,7 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
         try:
             for source, item in _records(sources):
                 stats.records_read += 1
+                failpoint("ingest.record")
                 bar.update()
                 if isinstance(item, BadRecord):
                     quarantine_item(item)
