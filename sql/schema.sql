@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     run_id   VARCHAR NOT NULL,
     source   VARCHAR NOT NULL,
     locator  VARCHAR NOT NULL,                     -- where in the source: line:N, item:N, row:N or file
-    reason   VARCHAR NOT NULL,                     -- invalid_json | not_utf8 | empty_text | missing_text | wrong_type | too_long | duplicate_id
+    reason   VARCHAR NOT NULL,                     -- invalid_json | not_utf8 | empty_text | missing_text | wrong_type | too_long | duplicate_id | bad_file | wrong_schema
     detail   VARCHAR,
     excerpt  VARCHAR                               -- first bytes of the raw record, for a human
 );

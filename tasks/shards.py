@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from prefect import Task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from influmix.config import ConfigError, Settings
+from influmix.config import ConfigError, Settings, run_subdir
 
 RAY_CONNECT_TIMEOUT_S = 5.0
 """How long the driver waits for a TCP answer from `runner.ray_address` before calling it unreachable."""
@@ -80,7 +80,10 @@ def pages_of(table: pa.Table, page_size: int) -> Iterator[pa.Table]:
 
 def shard_root(settings: Settings, run_id: str) -> Path:
     """This run's shard folder, absolute: workers may run in another working directory or machine."""
-    base = settings.runner.shard_dir / run_id if settings.runner.shard_dir else settings.stage_dir(run_id) / "shards"
+    if settings.runner.shard_dir:
+        base = run_subdir(settings.runner.shard_dir, run_id, "runner.shard_dir")
+    else:
+        base = settings.stage_dir(run_id) / "shards"
     return base.resolve()
 
 
