@@ -1,0 +1,325 @@
+"""The selection benchmark (issue 7): six selectors, one pool, one token budget per stage, a separate evaluator.
+
+Methods: `random`, `dsir`, `topk_influence` (MATES), `bandit_static`, `domain_oracle` (wiki + news only) and
+`influmix` (see benchmarks/selection_methods.py). Each method's per-stage mixtures train a fresh evaluator
+LM (benchmarks/selection_eval.py) for every seed; it is measured on the held-out half of the reference set.
+Writes `benchmarks/results/selection.json` (device, versions, config, command, `methods` -> figures), the
+loss-vs-tokens plot `selection_loss_vs_tokens.png`, the markdown table `selection.md`, and one MLflow run
+per method (default store: sqlite under the work folder). Results are written after every (method, seed):
+a run that stops is resumed by running the same command again (finished pairs are kept).
+
+    python -m benchmarks.selection                     # configs/selection.toml: the full CPU run (hours)
+    python -m benchmarks.selection --tiny --out /tmp/s.json --workdir /tmp/s   # seconds-to-minutes smoke run
+    python -m benchmarks.selection --seeds 0 --set eval.eval_every=16 --set pipeline.stages=3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import tomllib
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from benchmarks import SHARED_CORPUS
+from benchmarks import selection_report as report
+from benchmarks.selection_data import prepare, read_jsonl, visible_documents
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"full": ROOT / "configs" / "selection.toml", "tiny": ROOT / "configs" / "selection_tiny.toml"}
+RUN_ID = "selection-pool"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    heldout_fraction: float = Field(0.5, gt=0, lt=1, description="share of reference documents held out")
+    split_seed: int = 0
+    pool_heldout_per_domain: int = Field(16, ge=0, description="pool documents per domain kept for evaluation")
+    pool_max_records: int | None = Field(None, ge=1, description="use the corpus's first N records only")
+    passage_words: int = Field(100, ge=10)
+
+
+class DsirConfig(_Strict):
+    ngrams: int = 2
+    num_buckets: int = 10_000
+    min_example_length: int = Field(100, ge=0, description="words; shorter documents are never picked (package default)")
+
+
+class BenchConfig(_Strict):
+    seeds: list[int] = [0, 1, 2]
+    methods: list[str] = ["random", "dsir", "topk_influence", "bandit_static", "domain_oracle", "influmix"]
+    corpus: str = str(SHARED_CORPUS / "corpus.jsonl.gz")
+    reference: str = str(SHARED_CORPUS / "reference.jsonl.gz")
+    workdir: str = "runs/bench-selection"
+    out: str = "benchmarks/results/selection.json"
+    threads: int = Field(2, ge=1)
+    tracking_uri: str | None = Field(None, description="default sqlite:///<workdir>/mlflow.db")
+    experiment: str = "influmix-selection-benchmark"
+    data: DataConfig = Field(default_factory=DataConfig)
+    dsir: DsirConfig = Field(default_factory=DsirConfig)
+    eval: dict[str, Any] = Field(default_factory=dict, description="benchmarks.selection_eval.EvalConfig fields")
+    pipeline: dict[str, Any] = Field(default_factory=dict, description="influmix settings (README: Configuration)")
+
+
+def load_config(path: Path, overrides: list[str]) -> BenchConfig:
+    from influmix.config import apply_overrides
+
+    data = apply_overrides(tomllib.loads(path.read_text(encoding="utf-8")), overrides)
+    for key in ("corpus", "reference", "workdir", "out"):
+        if key in data and not Path(data[key]).is_absolute():
+            data[key] = str(ROOT / data[key])
+    return BenchConfig.model_validate(data)
+
+
+def pipeline_settings(cfg: BenchConfig, files, workdir: Path):
+    """The influmix settings of the benchmark's run: the config's `[pipeline]`, on the benchmark's data."""
+    from influmix.config import Settings
+
+    data = json.loads(json.dumps(cfg.pipeline))
+    data.update(run_dir=str(workdir / "runs"), run_id=RUN_ID)
+    data.setdefault("ingest", {})["sources"] = [{"path": str(files.path("pool"))}]
+    data.setdefault("reference", {}).update(sources=[{"path": str(files.path("reference_visible"))}],
+                                            max_documents=1_000_000)
+    data.setdefault("track", {})["tracking_uri"] = f"sqlite:///{(workdir / 'runs' / 'mlflow.db').resolve()}"
+    return Settings.model_validate(data)
+
+
+def prepare_pool(settings, workdir: Path, data_key: str):
+    """Ingest, load the visible reference and embed the pool, once per work folder, data files and settings."""
+    from benchmarks.selection_methods import EMBED_FLOPS_PER_TOKEN, Cost
+    from influmix import db
+    from tasks.embed import embed_documents
+    from tasks.ingest import ingest_corpus, load_reference
+    from tasks.runs import start_run
+
+    stamp = workdir / "pool.json"
+    key = data_key + settings.model_dump_json(include={"ingest", "reference", "embed"})
+    if stamp.exists() and json.loads(stamp.read_text())["key"] == key:
+        saved = json.loads(stamp.read_text())
+    else:
+        start_run(settings)
+        started = time.perf_counter()
+        ingested = ingest_corpus(settings, RUN_ID, progress=False)
+        load_reference(settings, RUN_ID)
+        ingest_s = time.perf_counter() - started
+        embedded = embed_documents(settings, RUN_ID, progress=False)
+        with db.connect(settings.database, read_only=True) as con:
+            chars = [r[3] for r in db.rows(con, "pool_documents_metadata", {"run_id": RUN_ID})]
+        # ~4 characters per MiniLM word piece, cut at the embedder's window
+        tokens = sum(min(c / 4, settings.embed.max_seq_length) for c in chars)
+        saved = {"key": key, "documents": ingested.documents, "ingest_seconds": ingest_s,
+                 "embed_seconds": embedded.seconds, "embed_docs_per_s": embedded.docs_per_s,
+                 "embed_flops": EMBED_FLOPS_PER_TOKEN * tokens}
+        stamp.write_text(json.dumps(saved, indent=1))
+    cost = Cost()
+    cost.add("embed", saved["embed_seconds"], saved["embed_flops"])
+    return cost, saved
+
+
+def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost, dsir_cache: dict) -> dict:
+    """The seed's mixtures for every configured method (cached in <workdir>/seed-N/), and its tokenizer."""
+    from benchmarks.selection_methods import mixture_facts, select_for_seed
+    from tasks.pretrain import tokenizer_path
+
+    folder = workdir / f"seed-{settings.seed}"
+    cached = folder / "selections.json"
+    key = {"pipeline": settings.model_dump(mode="json", exclude={"run_id", "runner", "serve"}),
+           "methods": cfg.methods, "dsir": cfg.dsir.model_dump(), "data": cfg.data.model_dump()}
+    if cached.exists() and (folder / "tokenizer.json").exists():
+        saved = json.loads(cached.read_text())
+        if saved["key"] == key:
+            return saved
+    if "dsir" in cfg.methods and "weights" not in dsir_cache:
+        dsir_cache["weights"] = _dsir(cfg, settings, files, workdir)
+    reference_domains = {r.get("domain") for r in read_jsonl(files.path("reference_visible"))}
+    methods = select_for_seed(settings, RUN_ID, cfg.methods, dsir_cache.get("weights"), reference_domains, pool_cost)
+    methods = mixture_facts(settings, RUN_ID, methods)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tokenizer_path(settings, RUN_ID), folder / "tokenizer.json")
+    saved = {"key": key, "methods": methods,
+             "dsir_implementation": dsir_cache["weights"].implementation if "weights" in dsir_cache else None}
+    cached.write_text(json.dumps(saved))
+    return saved
+
+
+def _dsir(cfg: BenchConfig, settings, files, workdir: Path):
+    """DSIR's weights for the pool (seed-independent): fitted once per work folder, then read back."""
+    from benchmarks.selection_methods import DsirWeights, dsir_weights
+    from influmix import db
+    from tasks.embed import iter_document_pages
+
+    saved = workdir / "dsir_weights.json"
+    key = [json.loads((workdir / "pool.json").read_text())["key"], cfg.dsir.model_dump()]
+    if saved.exists() and (data := json.loads(saved.read_text()))["key"] == key:
+        return DsirWeights(**data["weights"])
+    with db.connect(settings.database, read_only=True) as con:
+        pool = [(d, t) for ids, texts in iter_document_pages(con, RUN_ID, 5000) for d, t in zip(ids, texts)]
+    shutil.rmtree(workdir / "dsir", ignore_errors=True)
+    weights = dsir_weights(pool, visible_documents(files), workdir / "dsir", cfg.dsir.ngrams, cfg.dsir.num_buckets,
+                           cfg.dsir.min_example_length)
+    saved.write_text(json.dumps({"key": key, "weights": dataclasses.asdict(weights)}))
+    return weights
+
+
+def device_and_versions(eval_device: str) -> tuple[str, dict[str, str]]:
+    import torch
+
+    if eval_device.startswith("cuda"):
+        device = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    else:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), platform.processor() or "unknown CPU")
+        device = f"CPU: {cpu}, {len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} torch threads"
+    names = ("torch", "transformers", "tokenizers", "numpy", "duckdb", "mlflow", "data-selection",
+             "sentence-transformers", "prefect")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return device, {"python": platform.python_version(), **found}
+
+
+def _write(results: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=float))
+    tmp.replace(out)  # a reader (or a crash) never sees half a file
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=CONFIGS["full"])
+    parser.add_argument("--tiny", action="store_true", help=f"use {CONFIGS['tiny'].relative_to(ROOT)}")
+    parser.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
+    parser.add_argument("--methods", help="comma-separated subset of the methods")
+    parser.add_argument("--out", help="results JSON (the plot and table are written beside it)")
+    parser.add_argument("--workdir", help="pool, runs, selections, MLflow store")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (TOML literal), e.g. eval.eval_every=16")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in ((args.seeds, "seeds"), (args.methods, "methods")):
+        if flag:
+            overrides.append(f"{key}={json.dumps(flag.split(',') if key == 'methods' else [int(s) for s in flag.split(',')])}")
+    for flag, key in ((args.out, "out"), (args.workdir, "workdir")):
+        if flag:
+            overrides.append(f"{key}={json.dumps(str(Path(flag).resolve()))}")
+    cfg = load_config(CONFIGS["tiny"] if args.tiny else args.config, overrides)
+    return run(cfg, " ".join([Path(sys.executable).name, "-m", "benchmarks.selection",
+                              *(argv if argv is not None else sys.argv[1:])]))
+
+
+def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
+    """The benchmark for `cfg`; returns (and writes) the results."""
+    for key, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
+                       ("TOKENIZERS_PARALLELISM", "false"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")):
+        os.environ.setdefault(key, value)
+    import torch
+
+    from benchmarks.selection_eval import EvalConfig, build_eval_sets, train_and_evaluate
+    from benchmarks.selection_methods import METHODS
+    from models.tokenizer import load_tokenizer
+
+    unknown = set(cfg.methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    torch.set_num_threads(cfg.threads)
+    clock = time.perf_counter()
+    eval_cfg = EvalConfig(**cfg.eval)
+    workdir, out = Path(cfg.workdir).resolve(), Path(cfg.out)
+    files = prepare(Path(cfg.corpus), Path(cfg.reference), workdir / "data", cfg.data.heldout_fraction,
+                    cfg.data.split_seed, cfg.data.pool_heldout_per_domain, cfg.data.pool_max_records,
+                    cfg.data.passage_words)
+    settings = pipeline_settings(cfg, files, workdir)
+    device, versions = device_and_versions(eval_cfg.device if eval_cfg.device != "auto" else
+                                           ("cuda" if torch.cuda.is_available() else "cpu"))
+    comparable = cfg.model_dump(mode="json", exclude={"seeds", "methods", "out", "tracking_uri"})
+    config = {**cfg.model_dump(mode="json"), "token_budget": settings.select.token_budget, "stages": settings.stages}
+    results = json.loads(out.read_text()) if out.exists() else {}
+    if results.get("comparable") != comparable:  # another configuration's results: start over
+        results = {"methods": {}}
+    results.update(device=device, versions=versions, config=config, command=command, comparable=comparable,
+                   date=datetime.now(UTC).isoformat(timespec="seconds"))
+    for method in cfg.methods:
+        results["methods"].setdefault(method, {"seeds": {}})
+    pool_cost, pool_facts = prepare_pool(settings, workdir, (files.folder / "data.json").read_text())
+    print(f"[{time.perf_counter() - clock:.0f} s] pool ready: {pool_facts['documents']} documents", flush=True)
+    results["pool"] = {k: v for k, v in pool_facts.items() if k != "key"}
+    heldout = list(read_jsonl(files.path("reference_heldout")))
+    pool_heldout = list(read_jsonl(files.path("pool_heldout")))
+    tokens_per_step = eval_cfg.batch_size * eval_cfg.seq_len
+    steps_per_stage = max(1, round(settings.select.token_budget / tokens_per_step))
+    texts: dict[str, str] = {}
+    dsir_cache: dict = {}
+    tracking_uri = cfg.tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    for seed in cfg.seeds:
+        todo = [m for m in cfg.methods if str(seed) not in results["methods"][m]["seeds"]]
+        if not todo:
+            continue
+        seed_settings = settings.model_copy(update={"seed": seed})
+        chosen = seed_selections(cfg, seed_settings, files, workdir, pool_cost, dsir_cache)
+        print(f"[{time.perf_counter() - clock:.0f} s] seed {seed}: selections ready", flush=True)
+        results["dsir_implementation"] = chosen["dsir_implementation"]
+        tokenizer = load_tokenizer(workdir / f"seed-{seed}" / "tokenizer.json")
+        sets = build_eval_sets(tokenizer, heldout, pool_heldout, eval_cfg, seed)
+        if not texts:
+            texts.update(_pool_texts(settings))
+        for method in todo:
+            selection = chosen["methods"][method]
+            stages = [_packed(tokenizer, [texts[d] for d in mixture], eval_cfg.seq_len) for mixture in selection["stages"]]
+            run_data = train_and_evaluate(stages, tokenizer.get_vocab_size(), sets, eval_cfg, seed, steps_per_stage)
+            run_data["selection"] = {k: v for k, v in selection.items() if k != "stages"}
+            run_data["overhead"] = report.overhead(run_data)
+            results["methods"][method]["seeds"][str(seed)] = run_data
+            report.summarise(results)
+            _write(results, out)
+            print(f"[{time.perf_counter() - clock:.0f} s] seed {seed} {method}: held-out reference loss {run_data['final']['heldout_reference_loss']:.4f}, "
+                  f"cloze {run_data['final']['cloze_accuracy']:.3f}, {run_data['tokens_per_s']:.0f} tokens/s", flush=True)
+        if seed != cfg.seeds[-1]:  # the last seed's runs are logged below, with the plot and the table
+            report.log_mlflow(results, tracking_uri, cfg.experiment, [])
+    report.summarise(results)
+    plot_path, table_path = out.with_name(out.stem + "_loss_vs_tokens.png"), out.with_suffix(".md")
+    report.plot(results, plot_path)
+    table_path.write_text(report.table(results))
+    results["artifacts"] = {"plot": plot_path.name, "table": table_path.name}
+    results["mlflow"] = {"tracking_uri": tracking_uri, "experiment": cfg.experiment,
+                         "runs": report.log_mlflow(results, tracking_uri, cfg.experiment, [plot_path, table_path])}
+    _write(results, out)
+    print(table_path.read_text())
+    return results
+
+
+def _pool_texts(settings) -> dict[str, str]:
+    from influmix import db
+    from tasks.embed import iter_document_pages
+
+    with db.connect(settings.database, read_only=True) as con:
+        return {d: t for ids, page in iter_document_pages(con, RUN_ID, 5000) for d, t in zip(ids, page)}
+
+
+def _packed(tokenizer, texts: list[str], seq_len: int):
+    from models.proxy_lm import pack_sequences
+    from models.tokenizer import EOS_TOKEN, encode_documents
+
+    rows, _ = pack_sequences(encode_documents(tokenizer, texts), seq_len, tokenizer.token_to_id(EOS_TOKEN))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The selection benchmark end to end at toy size: it runs, writes its schema, and resumes (no outcome checked)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import selection
+from benchmarks.selection_eval import tokens_to_reach
+from benchmarks.selection_methods import METHODS
+
+pytestmark = pytest.mark.e2e
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_tiny_selection_benchmark_writes_every_method_and_resumes(tmp_path: Path, prefect_harness) -> None:
+    out = tmp_path / "results" / "selection.json"
+    args = ["--tiny", "--out", str(out), "--workdir", str(tmp_path / "work")]
+    selection.main(args)
+    result = json.loads(out.read_text())
+
+    assert {"device", "versions", "config", "command", "methods", "pool", "mlflow", "artifacts"} <= set(result)
+    assert "benchmarks.selection" in result["command"] and result["versions"]["data-selection"] != "not installed"
+    assert result["dsir_implementation"].startswith("data-selection")
+    assert list(result["methods"]) == list(METHODS)
+    budget, stages = result["config"]["token_budget"], result["config"]["stages"]
+    for name, method in result["methods"].items():
+        assert method["seeds_done"] == [0], name
+        for key in ("final_heldout_reference_loss", "cloze_accuracy"):
+            assert _finite(method[key]["mean"]) and _finite(method[key]["std"]), (name, key)
+        assert 0 <= method["cloze_accuracy"]["mean"] <= 1
+        ratio = method["tokens_to_random_final_loss_ratio"]
+        assert ratio["mean"] is None or _finite(ratio["mean"]), name
+        curve = method["loss_vs_tokens"]
+        assert len(curve["tokens"]) == len(curve["mean"]) >= 2 and all(map(_finite, curve["mean"]))
+        assert set(method["reference_domain_loss"]) == {"news", "wiki"}
+        assert all(_finite(v["mean"]) for v in method["pool_domain_loss"].values())
+        assert math.isclose(sum(method["domain_token_shares"].values()), 1.0)
+        assert all(_finite(v) for k, v in method["selection_overhead"].items() if k.endswith("fraction"))
+        run = method["seeds"]["0"]
+        assert len(run["selection"]["tokens_per_stage"]) == stages
+        assert all(0 < t <= budget for t in run["selection"]["tokens_per_stage"]), name
+    assert result["methods"]["random"]["tokens_to_random_final_loss_ratio"]["mean"] <= 1.0
+    assert set(result["methods"]["domain_oracle"]["domain_token_shares"]) <= {"news", "wiki"}
+    assert result["methods"]["random"]["selection_overhead"]["flops_fraction"] == 0
+    assert result["methods"]["influmix"]["selection_overhead"]["flops_fraction"] > 0
+
+    png, table = out.with_name("selection_loss_vs_tokens.png"), out.with_suffix(".md")
+    assert png.stat().st_size > 0
+    assert all(f"| {name} |" in table.read_text() for name in METHODS)
+    assert set(result["mlflow"]["runs"]) == set(METHODS)
+    store = sqlite3.connect(str(tmp_path / "work" / "mlflow.db"))
+    names = {r[0] for r in store.execute("SELECT name FROM runs WHERE lifecycle_stage = 'active'")}
+    assert names == set(METHODS)
+
+    started = time.perf_counter()  # finished (method, seed) pairs are kept, not retrained
+    again = selection.main(args)
+    assert time.perf_counter() - started < 30
+    for name in METHODS:
+        assert again["methods"][name]["seeds"]["0"]["train_seconds"] == result["methods"][name]["seeds"]["0"]["train_seconds"]
+
+
+def test_tokens_to_reach_interpolates_between_evaluations() -> None:
+    curve = [{"tokens": 100, "heldout_reference_loss": 5.0}, {"tokens": 200, "heldout_reference_loss": 4.0},
+             {"tokens": 300, "heldout_reference_loss": 3.0}]
+    assert tokens_to_reach(curve, 3.5) == pytest.approx(250.0)
+    assert tokens_to_reach(curve, 6.0) == 100.0
+    assert tokens_to_reach(curve, 2.0) is None
