@@ -14,13 +14,12 @@ from benchmarks import selection
 from benchmarks.selection_eval import tokens_to_reach
 from benchmarks.selection_methods import METHODS
 
-pytestmark = pytest.mark.e2e
-
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+@pytest.mark.e2e
 def test_tiny_selection_benchmark_writes_every_method_and_resumes(tmp_path: Path, prefect_harness) -> None:
     out = tmp_path / "results" / "selection.json"
     args = ["--tiny", "--out", str(out), "--workdir", str(tmp_path / "work")]
@@ -74,3 +73,19 @@ def test_tokens_to_reach_interpolates_between_evaluations() -> None:
     assert tokens_to_reach(curve, 3.5) == pytest.approx(250.0)
     assert tokens_to_reach(curve, 6.0) == 100.0
     assert tokens_to_reach(curve, 2.0) is None
+
+
+def test_reference_split_keeps_documents_whole_and_both_domains_on_both_sides() -> None:
+    from benchmarks.selection_data import passages, split_reference
+
+    records = [{"id": f"{d}:{i}#{k}", "text": f"{d} document {i} part {k} " * 30, "domain": d}
+               for d in ("wiki", "news") for i in range(10) for k in range(3)]
+    visible, heldout = split_reference(records, 0.5, seed=0)
+    assert len(visible) + len(heldout) == len(records)
+    base = lambda rs: {r["id"].split("#")[0] for r in rs}
+    assert not base(visible) & base(heldout)
+    assert {r["domain"] for r in visible} == {r["domain"] for r in heldout} == {"wiki", "news"}
+    assert split_reference(records, 0.5, seed=0) == (visible, heldout)
+    pieces = passages(visible, words=40, seed=0)
+    assert [p["id"] for p in pieces] == sorted(p["id"] for p in pieces)
+    assert sum(len(p["text"].split()) for p in pieces) == sum(len(r["text"].split()) for r in visible)
