@@ -5,7 +5,7 @@ stage: wall seconds, peak RSS, CPU seconds, docs/s and the stage's counts) and `
 peak RSS against documents, log-log, with a linear reference). Each stage runs alone in a fresh process
 (`benchmarks/scale_stages.py`), so its peak RSS (from `os.wait4`) is its own and not the largest so far.
 
-    python -m benchmarks.scale                                  # 10k, 100k, 1M (about an hour on 2 cores)
+    python -m benchmarks.scale                                  # 10k, 100k, 1M (~25 min on 2 busy cores)
     python -m benchmarks.scale --sizes 10000,100000 --k 16     # the first two only
 
 The corpus is the shared corpus replicated with perturbations (`benchmarks/scale_corpus.py`). Embeddings,
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -26,6 +27,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from importlib import metadata
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -123,23 +125,20 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def scaling(results: dict[str, Any]) -> dict[str, Any]:
-    """Per stage, between the smallest and the largest size: the exponent of time in n (1 = linear) and how
-    much the peak RSS grew, in MiB and in bytes per extra document (0 = flat)."""
+    """Per stage and between consecutive sizes: the exponent of wall time in n (1 = linear) and how much the
+    peak RSS grew, in MiB and in bytes per extra generated document (0 = flat)."""
     sizes = sorted(int(s) for s in results)
-    if len(sizes) < 2:
-        return {}
-    import math
-
-    lo, hi = results[str(sizes[0])]["stages"], results[str(sizes[-1])]["stages"]
-    out = {"from": sizes[0], "to": sizes[-1]}
+    out: dict[str, Any] = {}
     for stage in ("generate", *PIPELINE_STAGES):
-        grow = hi[stage]["peak_rss_mib"] - lo[stage]["peak_rss_mib"]
-        out[stage] = {
-            "time_exponent": round(math.log(max(hi[stage]["wall_s"], 1e-6) / max(lo[stage]["wall_s"], 1e-6))
-                                   / math.log(sizes[-1] / sizes[0]), 3),
-            "peak_rss_growth_mib": round(grow, 1),
-            "peak_rss_bytes_per_document": round(grow * 2**20 / (sizes[-1] - sizes[0]), 1),
-        }
+        out[stage] = {}
+        for lo, hi in pairwise(sizes):
+            a, b = results[str(lo)]["stages"][stage], results[str(hi)]["stages"][stage]
+            grow = b["peak_rss_mib"] - a["peak_rss_mib"]
+            out[stage][f"{lo}-{hi}"] = {
+                "time_exponent": round(math.log(max(b["wall_s"], 1e-6) / max(a["wall_s"], 1e-6)) / math.log(hi / lo), 3),
+                "peak_rss_growth_mib": round(grow, 1),
+                "peak_rss_bytes_per_document": round(grow * 2**20 / (hi - lo), 1),
+            }
     return out
 
 
@@ -150,13 +149,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = sorted(int(s) for s in results)
+    colours = dict(zip(ALL_STAGES, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "wall_s", "wall time (s)"), (axes[1], "peak_rss_mib", "peak RSS (MiB)")):
-        for stage in ("imports", "generate", *PIPELINE_STAGES):
+        for stage in ALL_STAGES:
             if key == "wall_s" and stage == "imports":
                 continue
             ys = [results[str(n)]["stages"][stage][key] for n in sizes]
-            ax.plot(sizes, ys, marker="o", label=stage, linestyle=":" if stage in ("imports", "generate") else "-")
+            name = {"imports": "imports (floor)", "generate": "generate (set-up)"}.get(stage, stage)
+            ax.plot(sizes, ys, marker="o", label=name, color=colours[stage],
+                    linestyle=":" if stage in ("imports", "generate") else "-")
         if key == "wall_s":
             base = max(results[str(sizes[0])]["stages"][s]["wall_s"] for s in PIPELINE_STAGES)
             ax.plot(sizes, [base * n / sizes[0] for n in sizes], color="grey", linestyle="--", label="linear")
@@ -165,7 +167,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("documents generated")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.suptitle("influmix scale benchmark (one process per stage)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -185,7 +187,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--keep", action="store_true", help="keep each size's corpus and DuckDB file")
     parser.add_argument("--merge", action="store_true", help="keep the other sizes already in --out")
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
+    parser.add_argument("--redraw", action="store_true",
+                        help="recompute the scaling summary and the plot from the measurements in --out, and stop")
     args = parser.parse_args(argv)
+    if args.redraw:
+        result = json.loads(Path(args.out).read_text())
+        result["scaling"] = scaling(result["results"])
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        plot(result["results"], Path(args.out).with_suffix(".png"))
+        return result
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     out = Path(args.out)
     previous = json.loads(out.read_text()) if args.merge and out.exists() else {}
