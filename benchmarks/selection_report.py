@@ -145,11 +145,16 @@ def table(results: dict[str, Any]) -> str:
 def log_mlflow(results: dict[str, Any], tracking_uri: str, experiment: str, artifacts: list[Path]) -> dict[str, str]:
     """One MLflow run per method, replacing that method's earlier run in the experiment (so re-running after
     each seed is idempotent): params, final figures, and the mean and per-seed curves with step = tokens."""
-    import mlflow
+    from influmix.tracking import tracking_scope
+
+    with tracking_scope(tracking_uri):
+        return _log_methods(results, tracking_uri, experiment, artifacts)
+
+
+def _log_methods(results: dict[str, Any], tracking_uri: str, experiment: str, artifacts: list[Path]) -> dict[str, str]:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)

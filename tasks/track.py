@@ -24,6 +24,7 @@ from influmix import db
 from influmix.config import Settings
 from influmix.preflight import TrackingUnavailable, tracking_problem
 from influmix.report import mixture_summary
+from influmix.tracking import tracking_scope
 from tasks.policies import STAGE_CACHE, retry_on_network_error
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -107,9 +108,14 @@ def track_run(settings: Settings, run_id: str, metrics: dict[str, float], curves
 
 def _log_run(settings: Settings, run_id: str, metrics: dict[str, float], curves: dict[str, list[float]],
              prefect_flow_run_id: str | None) -> TrackInfo:
+    with tracking_scope(settings.mlflow_uri):
+        return _log_to_active_store(settings, run_id, metrics, curves, prefect_flow_run_id)
+
+
+def _log_to_active_store(settings: Settings, run_id: str, metrics: dict[str, float], curves: dict[str, list[float]],
+                         prefect_flow_run_id: str | None) -> TrackInfo:
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_uri)
     experiment_id = ensure_experiment(mlflow, settings)
     summary = mixture_summary(settings.database, run_id)
     last_stage = settings.stages - 1

@@ -164,6 +164,9 @@ def test_tracking_server_lost_mid_run_keeps_every_result(e2e_run, monkeypatch):
     gone = settings.model_copy(update={"track": settings.track.model_copy(
         update={"tracking_uri": f"http://127.0.0.1:{free_port()}"})})
     before = mixture(settings.database, result.run_id)
+    tracking_env = os.environ.get("MLFLOW_TRACKING_URI")
     with pytest.raises(TrackingUnavailable, match=f"influmix resume {result.run_id}"):
         track_run(gone, result.run_id, {"x": 1.0}, {})
     assert mixture(settings.database, result.run_id) == before
+    # the dead server does not become the process's default store for the runs that follow
+    assert os.environ.get("MLFLOW_TRACKING_URI") == tracking_env
