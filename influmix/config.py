@@ -119,6 +119,8 @@ class DistillSettings(_Section):
     weight_decay: float = Field(1e-2, ge=0)
     ranking_weight: float = Field(0.0, ge=0)
     patience: int = Field(30, ge=1)
+    history_stages: int = Field(
+        0, ge=0, description="earlier stages whose training probes (z-scored per stage) join this stage's fit set")
 
 
 class SelectSettings(_Section):

@@ -124,3 +124,24 @@ def test_export_rejects_unknown_format(run_copy, tmp_path):
     settings, run_id = run_copy
     with pytest.raises(ValueError, match="parquet"):
         export_mixture(settings.database, run_id, 0, tmp_path / "mix.csv")
+
+
+def test_distillation_with_history_fits_on_earlier_stages_probes_too(run_copy):
+    from influmix import db
+    from tasks.distill import distill_stage, training_rows, with_history
+
+    settings, run_id = run_copy
+    with db.connect(settings.database, read_only=True) as con:
+        probes = db.rows(con, "load_probes", {"run_id": run_id, "stage": 1})
+        fit, val, _ = training_rows(probes, "fast", settings.distill.val_fraction, settings.seed + 1)
+        assert with_history(con, settings, run_id, 1, fit, val) == (fit, val)  # history_stages = 0: untouched
+        settings.distill.history_stages = 1
+        pooled_fit, pooled_val = with_history(con, settings, run_id, 1, fit, val)
+        (earlier,) = con.execute("SELECT count(*) FROM probes WHERE run_id = ? AND stage = 0 AND split = 'train' "
+                                 "AND isfinite(fast_score)", [run_id]).fetchone()
+    assert earlier > 0 and len(pooled_fit) == len(fit) + earlier and len(pooled_val) == len(val)
+    assert [d for d, _ in pooled_fit[:len(fit)]] == [d for d, _ in fit]
+    stage0 = np.array([y for _, y in pooled_fit[len(fit):]])
+    assert abs(stage0.mean()) < 1e-9 and abs(stage0.std() - 1) < 1e-9  # z-scored on its own
+    stats = distill_stage(settings, run_id, 1)
+    assert stats.train_probes == len(pooled_fit) + len(pooled_val) and np.isfinite(stats.heldout_spearman)

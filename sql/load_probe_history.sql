@@ -1,0 +1,5 @@
+-- The training probes of earlier stages (first_stage <= stage < $stage), for distillation with memory.
+SELECT stage, doc_id, exact_score, fast_score
+FROM probes
+WHERE run_id = $run_id AND stage >= $first_stage AND stage < $stage AND split = 'train'
+ORDER BY stage, doc_id;
