@@ -39,19 +39,17 @@ from prefect import task
 from tqdm.auto import tqdm
 
 from influmix import db
-from influmix.config import IngestSettings, Settings, SourceSettings
+from influmix.config import Settings, SourceSettings
 from influmix.faults import failpoint
+from tasks.clean import CleanDoc, bad_record, clean_and_hash, clean_record, readdress_doc
 from tasks.dedup import NearDedup, content_hash
 from tasks.policies import STAGE_CACHE, retry_on_network_error
 from tasks.readers import (
     BadRecord,
     IngestError,
     Item,
-    RawRecord,
-    excerpt_of,
     iter_source,
     resolve_paths,
-    safe_str,
 )
 from tasks.repeats import OutcomeCache
 
@@ -100,119 +98,6 @@ class IngestStats:
             key = f"domain.{_METRIC_UNSAFE.sub('_', domain)}"
             metrics[key] = metrics.get(key, 0.0) + float(n)
         return metrics
-
-
-@dataclass(frozen=True, slots=True)
-class CleanDoc:
-    doc_id: str
-    text: str
-    source: str
-    domain: str
-    locator: str
-
-
-def _bad(rec: RawRecord, reason: str, detail: str, excerpt: str | None = None) -> BadRecord:
-    if excerpt is None:
-        excerpt = _dump(rec.record)
-    return BadRecord(rec.source, rec.locator, reason, safe_str(detail), excerpt_of(excerpt))
-
-
-def _dump(record: dict) -> str:
-    """A short rendering of a record for its quarantine excerpt; never raises (hostile records are nested)."""
-    import json
-
-    try:
-        return json.dumps(record, ensure_ascii=False, default=str)[:1000]
-    except (TypeError, ValueError, RecursionError):
-        try:
-            return repr(record)[:1000]
-        except RecursionError:
-            return f"<{type(record).__name__} nested too deeply to show>"
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _encodable(value: str) -> int | None:
-    """Index of the first character that is not valid UTF-8 (a lone surrogate), else None.
-
-    Searched in place (`isascii` is O(1)): encoding a 50 MB text only to test it would copy it.
-    """
-    if value.isascii():
-        return None
-    found = _SURROGATE.search(value)
-    return None if found is None else found.start()
-
-
-def clean_record(rec: RawRecord, source: SourceSettings, ingest: IngestSettings) -> CleanDoc | BadRecord:
-    """Validate and minimally normalise one record; a BadRecord says why it cannot be used."""
-    record, tf = rec.record, source.text_field
-    value = record.get(tf)
-    if value is None:
-        detail = (
-            f"field {tf!r} is null"
-            if tf in record
-            else f"no field {tf!r} (fields: {', '.join(map(str, record)) or 'none'})"
-        )
-        return _bad(rec, "missing_text", detail)
-    if isinstance(value, bytes | bytearray):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return _bad(
-                rec, "not_utf8", f"field {tf!r}: invalid UTF-8 at byte {exc.start}", excerpt_of(bytes(value))
-            )
-    if not isinstance(value, str):
-        return _bad(rec, "wrong_type", f"field {tf!r} is {type(value).__name__}, expected a string")
-    text = value.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n").strip()
-    if (pos := _encodable(text)) is not None:
-        return _bad(rec, "not_utf8", f"field {tf!r}: lone surrogate at character {pos}", safe_str(text[:1000]))
-    if len(text) < ingest.min_chars:
-        return _bad(
-            rec, "empty_text", f"{len(text)} chars after stripping (min_chars={ingest.min_chars})", value
-        )
-    if len(text) > ingest.max_chars:
-        return _bad(rec, "too_long", f"{len(text)} chars (max_chars={ingest.max_chars})", text)
-
-    doc_id: str | None = None
-    raw_id = record.get(source.id_field) if source.id_field else None
-    if isinstance(raw_id, float) and raw_id.is_integer():
-        raw_id = int(raw_id)
-    if isinstance(raw_id, str) and raw_id.strip():
-        doc_id = raw_id
-    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
-        doc_id = str(raw_id)
-    elif raw_id not in (None, ""):
-        return _bad(
-            rec, "wrong_type", f"id field {source.id_field!r} is {type(raw_id).__name__}, expected a string"
-        )
-    if doc_id is None:
-        doc_id = f"{rec.source}:{rec.locator}"
-    elif _encodable(doc_id) is not None:
-        return _bad(rec, "not_utf8", f"id field {source.id_field!r}: lone surrogate", text)
-
-    domain = source.domain
-    if domain is None and source.domain_field:
-        raw_domain = record.get(source.domain_field)
-        if isinstance(raw_domain, str) and raw_domain.strip():
-            domain = safe_str(raw_domain.strip())
-    return CleanDoc(doc_id, text, rec.source, domain or "unknown", rec.locator)
-
-
-def _clean_and_hash(rec: RawRecord, source: SourceSettings, ingest: IngestSettings) -> tuple[CleanDoc | BadRecord, str]:
-    doc = clean_record(rec, source, ingest)
-    return doc, "" if isinstance(doc, BadRecord) else content_hash(doc.text)
-
-
-def _readdress_doc(doc: CleanDoc, rec: RawRecord, source: SourceSettings) -> CleanDoc:
-    """`clean_record`'s result for `rec`, a byte-identical repeat of a record that gave `doc`.
-
-    Only a doc_id taken from the locator (the record has no id: `clean_record`'s fallback) moves with it.
-    """
-    doc_id = doc.doc_id
-    if not source.id_field or rec.record.get(source.id_field) in (None, ""):
-        doc_id = f"{rec.source}:{rec.locator}"
-    return CleanDoc(doc_id, doc.text, rec.source, doc.domain, rec.locator)
 
 
 def _no_documents(stats: IngestStats, reasons: Counter[str], examples: dict[str, BadRecord], run_id: str,
@@ -286,7 +171,7 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
     seen_hash: dict[str, str] = {}  # content_hash -> doc_id of its first occurrence
     seen_id: dict[str, str] = {}  # doc_id -> content_hash
     near = NearDedup(cfg.near_dup_threshold, cfg.minhash_num_perm, cfg.shingle_words)
-    clean = OutcomeCache(lambda rec, source: _clean_and_hash(rec, source, cfg), _readdress_doc)
+    clean = OutcomeCache(lambda rec, source: clean_and_hash(rec, source, cfg), readdress_doc)
     start = time.perf_counter()
 
     with db.connect(settings.database) as con, db.transaction(con):
@@ -345,7 +230,7 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
                 previous = seen_id.get(doc.doc_id)
                 if previous is not None and previous != digest:
                     quarantine_item(
-                        _bad(
+                        bad_record(
                             item,
                             "duplicate_id",
                             f"id {doc.doc_id!r} already used by a different text",
