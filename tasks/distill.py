@@ -68,13 +68,18 @@ def influence_config(settings: Settings) -> InfluenceConfig:
                            device=resolve_device(settings.embed.device))
 
 
+def _label_column(labels: str) -> int:
+    """Where the label sits in a `load_probes` / `load_probe_history` row (doc_id, exact, fast, split, ...)."""
+    return 2 if labels == "fast" else 1
+
+
 def training_rows(probes: list[tuple], labels: str, val_fraction: float, seed: int) -> tuple[list, list, list]:
     """(fit, early-stopping, held-out) probe rows as (doc_id, label).
 
     The held-out rows (exact probes the probe stage set aside) only judge the model; early stopping uses a
     seeded slice of the training rows, so the held-out Spearman reported is not selected on.
     """
-    column = 2 if labels == "fast" else 1
+    column = _label_column(labels)
     train = [(p[0], p[column]) for p in probes if p[3] == "train" and p[column] is not None]
     held = [(p[0], p[1]) for p in probes if p[3] == "heldout"]
     order = np.random.default_rng(seed).permutation(len(train))
@@ -88,8 +93,9 @@ def training_rows(probes: list[tuple], labels: str, val_fraction: float, seed: i
 
 def _zscored(rows: list[tuple[str, float]]) -> list[tuple[str, float]]:
     labels = np.array([r[1] for r in rows], dtype=np.float64)
-    std = labels.std() if len(labels) > 1 and labels.std() > 0 else 1.0
-    return [(d, float((y - labels.mean()) / std)) for d, y in rows]
+    std = labels.std() if len(labels) > 1 else 0.0
+    z = (labels - labels.mean()) / (std if std > 0 else 1.0)
+    return [(d, float(y)) for (d, _), y in zip(rows, z)]
 
 
 def with_history(con, settings: Settings, run_id: str, stage: int, fit: list, val: list) -> tuple[list, list]:
@@ -104,12 +110,12 @@ def with_history(con, settings: Settings, run_id: str, stage: int, fit: list, va
     history = settings.distill.history_stages
     if history == 0 or stage == 0:
         return fit, val
-    column = 3 if settings.distill.labels == "fast" else 2
+    column = _label_column(settings.distill.labels)
     earlier: dict[int, list[tuple[str, float]]] = {}
     for row in db.rows(con, "load_probe_history", {"run_id": run_id, "stage": stage,
                                                     "first_stage": max(0, stage - history)}):
         if row[column] is not None and np.isfinite(row[column]):
-            earlier.setdefault(row[0], []).append((row[1], float(row[column])))
+            earlier.setdefault(row[4], []).append((row[0], float(row[column])))
     current = _zscored(fit + val)
     pooled = [r for rows in earlier.values() for r in _zscored(rows)]
     return current[:len(fit)] + pooled, current[len(fit):]
