@@ -194,6 +194,21 @@ def device_and_versions(eval_device: str) -> tuple[str, dict[str, str]]:
     return device, {"python": platform.python_version(), **found}
 
 
+INFLUENCE_ONLY = ("probe", "distill")
+"""Pipeline sections that only the methods using the influence model read."""
+
+
+def method_view(comparable: dict[str, Any] | None, method: str) -> dict[str, Any] | None:
+    """The part of a configuration a method's results depend on: a change to the probes or the influence
+    model keeps random's, DSIR's and the domain mix's results (their mixtures and evaluators are the same)."""
+    from benchmarks.selection_methods import MODEL_AWARE
+
+    if comparable is None or method in MODEL_AWARE:
+        return comparable
+    pipeline = {k: v for k, v in comparable.get("pipeline", {}).items() if k not in INFLUENCE_ONLY}
+    return {**comparable, "pipeline": pipeline}
+
+
 def _write(results: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
@@ -252,12 +267,16 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     comparable = cfg.model_dump(mode="json", exclude={"seeds", "methods", "out", "tracking_uri"})
     config = {**cfg.model_dump(mode="json"), "token_budget": settings.select.token_budget, "stages": settings.stages}
     results = json.loads(out.read_text()) if out.exists() else {}
-    if results.get("comparable") != comparable:  # another configuration's results: start over
-        results = {"methods": {}}
+    results.setdefault("methods", {})
+    for method in list(results["methods"]):  # another configuration's or device's results: the method starts over
+        entry = results["methods"][method]
+        if (method_view(entry.get("comparable", results.get("comparable")), method) != method_view(comparable, method)
+                or entry.get("device", results.get("device")) != device):
+            del results["methods"][method]
     results.update(device=device, versions=versions, config=config, command=command, comparable=comparable,
                    date=datetime.now(UTC).isoformat(timespec="seconds"))
     for method in cfg.methods:
-        results["methods"].setdefault(method, {"seeds": {}})
+        results["methods"].setdefault(method, {"seeds": {}}).update(comparable=comparable, device=device)
     pool_cost, pool_facts = prepare_pool(settings, workdir, (files.folder / "data.json").read_text())
     print(f"[{time.perf_counter() - clock:.0f} s] pool ready: {pool_facts['documents']} documents", flush=True)
     results["pool"] = {k: v for k, v in pool_facts.items() if k != "key"}

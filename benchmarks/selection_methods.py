@@ -119,7 +119,8 @@ def model_stage(settings: Settings, run_id: str, stage: int) -> tuple[Cost, dict
     FLOPs are model FLOPs from models.flops (6N + attention per trained token): exact probe = one training
     step on a document (at most seq_len tokens) + a forward pass over the probe reference; fast probe = one
     per-document gradient + the shared reference gradient once; influence head = 6 x its weights per
-    training example and epoch (an upper bound: early stopping) + 2 x weights per scored document.
+    training example and epoch (an upper bound: early stopping) + 2 x weights per scored document; token
+    model = its two ridge solves + 2 FLOPs per scored token.
     """
     cost = Cost()
     ckpt = _timed(cost, "proxy_train", pretrain_stage, settings, run_id, stage, progress=False)
@@ -130,9 +131,14 @@ def model_stage(settings: Settings, run_id: str, stage: int) -> tuple[Cost, dict
     cost.flops["proxy_train"] += fpt * ckpt.train_tokens
     cost.flops["probe"] += probes.probes * (fpt * seq + fpt / 3 * ref_tokens)
     cost.flops["probe"] += probes.fast_probes * fpt * seq + (fpt * ref_tokens if probes.fast_probes else 0.0)
-    head = 384 * settings.distill.hidden_dim + 2 * settings.distill.hidden_dim
-    cost.flops["distill_score"] += (6 * head * distilled.train_probes * settings.distill.epochs
-                                    + 2 * head * distilled.scored_documents)
+    if distilled.student == "tokens":  # two dual ridge fits (Gram + eigh), then one add per scored token
+        n = distilled.train_probes
+        cost.flops["distill_score"] += (2 * (2 * n * n * settings.proxy.vocab_size + 10 * n ** 3)
+                                        + 2 * seq * distilled.scored_documents)
+    else:
+        head = 384 * settings.distill.hidden_dim + 2 * settings.distill.hidden_dim
+        cost.flops["distill_score"] += (6 * head * distilled.train_probes * settings.distill.epochs
+                                        + 2 * head * distilled.scored_documents)
     facts = {"proxy_reference_loss": ckpt.reference_loss, "probe_fast_spearman": probes.fast_spearman,
              "influence_heldout_spearman": distilled.heldout_spearman}
     return cost, facts

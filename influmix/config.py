@@ -104,6 +104,9 @@ class ProbeSettings(_Section):
     reference_sequences: int = Field(32, ge=1)
     probe_lr: float | None = Field(None, gt=0, description="learning rate of the probe step; default the trainer's peak lr")
     fast: bool = Field(True, description="also compute the fast estimate")
+    fast_estimator: Literal["shifted", "first_order", "gradient_cosine"] = Field(
+        "shifted", description="the fast probe: first-order estimates of the exact probe, or the cosine between the "
+                               "document's and the reference's gradients (no optimizer state)")
     fast_label_multiplier: float = Field(4.0, ge=1, description="fast-probed docs per exact-probed doc")
     heldout_fraction: float = Field(0.25, gt=0, lt=1, description="exact probes kept to judge the influence model")
 
@@ -119,6 +122,11 @@ class DistillSettings(_Section):
     weight_decay: float = Field(1e-2, ge=0)
     ranking_weight: float = Field(0.0, ge=0)
     patience: int = Field(30, ge=1)
+    features: Literal["embedding", "tokens"] = Field(
+        "embedding", description="what the influence model reads: document embeddings, or the proxy's own tokens")
+    reference_prior: float = Field(
+        0.0, ge=0, description="token model only: weight of a DSIR-style prior (reference vs pool token log-ratio), "
+                               "in units of the probes' spread")
     history_stages: int = Field(
         0, ge=0, description="earlier stages whose training probes (z-scored per stage) join this stage's fit set")
 
@@ -209,6 +217,9 @@ class Settings(_Section):
         """Values that are each fine but make no sense together; the message names the one to change."""
         if self.distill.labels == "fast" and not self.probe.fast:
             raise ValueError("setting `distill.labels`: 'fast' needs probe.fast = true")
+        if self.distill.reference_prior > 0 and self.distill.features != "tokens":
+            raise ValueError("setting `distill.reference_prior`: the prior is a per-token weight, so it needs "
+                             "distill.features = 'tokens'")
         if self.ingest.min_chars > self.ingest.max_chars:
             raise ValueError(f"setting `ingest.max_chars`: {self.ingest.max_chars} is below ingest.min_chars = "
                              f"{self.ingest.min_chars}, so every record would be quarantined")

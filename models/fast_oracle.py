@@ -26,6 +26,13 @@ for which one is the default and the measurements behind the choice):
 - "second_order" / "shifted_second_order": the two above minus 0.5 d^T H_ref d (d = Delta_doc or delta_doc)
   with one Hessian-vector product (jvp of the reference gradient) per document: research only, it costs
   more than the exact probe itself.
+
+Not an estimate of that score but a different oracle: "gradient_cosine", cos(g_doc(theta), g_ref(theta))
+(as in LESS/TracIn, without the optimizer state). Why offered: after a stage trained on a mixture, Adam's
+second moments are large exactly where that mixture pushed, so a one-step probe from the checkpoint's
+state down-weights more of the same data; the cosine reads only the loss landscape. On the selection
+benchmark it ranked wiki and news higher than the Adam probe at later stages but did not select better
+(README, "Selection benchmark").
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from models.trainer import param_groups
 
 Params = dict[str, torch.Tensor]
-ESTIMATORS = ("first_order", "shifted", "shifted_remainder", "second_order", "shifted_second_order")
+ESTIMATORS = ("first_order", "shifted", "shifted_remainder", "second_order", "shifted_second_order", "gradient_cosine")
 REMAINDER_ROWS = 4
 """Reference rows on which "shifted_remainder" evaluates the document's curvature term exactly."""
 
@@ -269,6 +276,7 @@ def estimate(model: torch.nn.Module, snap: AdamSnapshot, docs: list[torch.Tensor
     plain = any(not e.startswith("shifted") for e in estimators)
     if plain:
         loss0, g_ref = reference_grad(model, snap, snap.params, ref, ref_batch)
+        ref_norm = float(dot(g_ref, g_ref)) ** 0.5
     else:  # "shifted" needs only the loss at theta, not its gradient
         loss0 = float(reference_losses(model, snap, {n: p[None] for n, p in snap.params.items()}, ref, ref_batch)[0])
     if shifted:  # the zero-gradient step all candidates share, evaluated exactly once
@@ -287,6 +295,9 @@ def estimate(model: torch.nn.Module, snap: AdamSnapshot, docs: list[torch.Tensor
                 norms = clip_coefficients(grads, 0.0)[1]
             delta = adamw_delta(snap, grads, cfg)
             out["grad_norm"][idx] = norms.double().cpu().numpy()
+            if "gradient_cosine" in out:  # direction only: no optimizer state, no gradient scale
+                doc_norm = clip_coefficients(grads, 0.0)[1].double()
+                out["gradient_cosine"][idx] = (dot(g_ref, grads) / (doc_norm * ref_norm).clamp_min(1e-30)).cpu().numpy()
             if plain:
                 first = (-dot(g_ref, delta)).cpu().numpy()
                 if "first_order" in out:

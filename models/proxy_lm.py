@@ -134,3 +134,11 @@ def document_tensor(token_ids: list[int], seq_len: int, eos_id: int) -> torch.Te
     while len(ids) < 2:
         ids.insert(0, eos_id)
     return torch.tensor([ids], dtype=torch.long)
+
+
+def probe_inputs(tokenizer, texts: list[str], seq_len: int) -> list[list[int]]:
+    """The token ids a probe trains on for each text: `document_tensor` of its proxy-BPE encoding."""
+    from models.tokenizer import EOS_TOKEN, encode_documents
+
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    return [document_tensor(ids, seq_len, eos)[0].tolist() for ids in encode_documents(tokenizer, texts)]

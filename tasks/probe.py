@@ -24,8 +24,8 @@ from influmix import db
 from influmix.config import Settings
 from influmix.faults import failpoint
 from models.oracles import EXACT_GPU_BATCH, FAST_BATCH, ProbeConfig, ProbeScores, exact_probes, fast_probes
-from models.proxy_lm import document_tensor
-from models.tokenizer import EOS_TOKEN, encode_documents, load_tokenizer
+from models.proxy_lm import probe_inputs
+from models.tokenizer import load_tokenizer
 from models.trainer import load_checkpoint, resolve_device
 from tasks import shards
 from tasks.policies import STAGE_CACHE
@@ -99,7 +99,7 @@ def probe_shard(settings: Settings, checkpoint: str, reference: str, exact_batch
     failpoint("probe.shard")
     started = time.perf_counter()
     fast = fast_probes(model, optimizer_state, _tensors(fast_rows, device), ref, cfg, progress=False,
-                       batch=fast_batch) if fast_rows.num_rows else np.zeros(0)
+                       method=settings.probe.fast_estimator, batch=fast_batch) if fast_rows.num_rows else np.zeros(0)
     fast_s = time.perf_counter() - started
     nulls = np.full(fast_rows.num_rows, np.nan)
     shards.write_table(Path(output_path), pa.table({
@@ -153,14 +153,12 @@ def probe_stage(settings: Settings, run_id: str, stage: int, progress: bool = Tr
     """
     cfg_p = settings.probe
     tokenizer = load_tokenizer(tokenizer_path(settings, run_id))
-    eos = tokenizer.token_to_id(EOS_TOKEN)
     n_fast = int(cfg_p.n_probes * cfg_p.fast_label_multiplier) if cfg_p.fast else cfg_p.n_probes
     with db.connect(settings.database) as con:
         candidates = available_documents(con, settings, run_id, stage)[:n_fast]
         doc_ids = [c[0] for c in candidates]  # stratified order: the first n_probes are exact-probed too
         texts = dict(db.rows(con, "document_texts", {"run_id": run_id, "doc_ids": doc_ids}))
-    tokens = [document_tensor(ids, settings.proxy.seq_len, eos)[0].tolist()
-              for ids in encode_documents(tokenizer, [texts[d] for d in doc_ids])]
+    tokens = probe_inputs(tokenizer, [texts[d] for d in doc_ids], settings.proxy.seq_len)
     n_exact = min(cfg_p.n_probes, len(doc_ids))
     ref = reference_tensor(settings, run_id, tokenizer)
     columns, exact_total_s, fast_total_s = probe_shards(settings, run_id, stage, doc_ids, tokens, n_exact, ref)

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from prefect import task
 
 from influmix import db
@@ -149,18 +150,27 @@ def _log_to_active_store(settings: Settings, run_id: str, metrics: dict[str, flo
 
 
 def log_influence_model(mlflow, settings: Settings, run_id: str, stage: int) -> str | None:
-    """Register the last stage's influence model (head on embeddings) and point the alias at it."""
-    model_dir = settings.stage_dir(run_id, stage) / "influence"
-    if not (model_dir / "influence_head.safetensors").exists():
-        return None
-    from models.influence import load_head
+    """Register the last stage's influence model (embedding head or token model) and point the alias at it.
 
-    head = load_head(model_dir)
-    example = np.zeros((2, head.in_dim), dtype=np.float32)
+    The fine-tuned encoder is not registered: its weights are a whole SentenceTransformer per stage.
+    """
+    from models.token_influence import is_token_model
+
+    model_dir = settings.stage_dir(run_id, stage) / "influence"
+    if is_token_model(model_dir):
+        example = pd.DataFrame({"text": ["An example document.", "Another one."]})
+        requirements = ["torch", "safetensors", "numpy", "tokenizers", "scipy"]
+    elif (model_dir / "influence_head.safetensors").exists():
+        from models.influence import load_head
+
+        example = np.zeros((2, load_head(model_dir).in_dim), dtype=np.float32)
+        requirements = ["torch", "safetensors", "numpy"]
+    else:
+        return None
     info = mlflow.pyfunc.log_model(
         name="influence_model", python_model=str(PYFUNC_CODE), artifacts={"influence_head": str(model_dir)},
         registered_model_name=settings.track.registered_model, input_example=example,
-        pip_requirements=["torch", "safetensors", "numpy"], code_paths=None,
+        pip_requirements=requirements, code_paths=None,
     )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(settings.track.registered_model, settings.track.model_alias, version)

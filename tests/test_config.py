@@ -83,6 +83,8 @@ def test_config_hash_ignores_run_id_only():
     (["ingest.min_chars=50", "ingest.max_chars=10"], "ingest.max_chars"),
     (["serve.prefect_port=5000"], "serve.mlflow_port"),
     (["distill.labels=fast", "probe.fast=false"], "distill.labels"),
+    (["distill.reference_prior=1.0"], "distill.reference_prior"),
+    (['distill.features="nope"'], "distill.features"),
 ])
 def test_inconsistent_values_name_the_setting(overrides, named):
     with pytest.raises(ConfigError) as info:

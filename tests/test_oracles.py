@@ -192,6 +192,26 @@ def test_estimators_track_exact_and_leave_model_untouched(setup, method):
     assert_states_equal(state, before_state)
 
 
+def test_gradient_cosine_is_the_cosine_of_plain_gradients_whatever_the_optimizer_state(setup):
+    """cos(grad of the document's mean loss, grad of the reference's mean loss), by backward passes."""
+    model, state, ref, docs = setup
+    model64 = copy.deepcopy(model).double().eval()
+
+    def flat_grad(ids: torch.Tensor) -> torch.Tensor:
+        model64.zero_grad(set_to_none=True)
+        model64(input_ids=ids, labels=ids).loss.backward()
+        return torch.cat([p.grad.reshape(-1) for p in model64.parameters()])
+
+    g_ref = flat_grad(ref)
+    expected = [float(torch.nn.functional.cosine_similarity(flat_grad(d), g_ref, dim=0)) for d in docs[:6]]
+    model64.zero_grad(set_to_none=True)
+    for optimizer_state in (state, None):  # the cosine reads no optimizer state
+        got = fast_probes(model64, optimizer_state, docs[:6], ref, probe_config(), progress=False,
+                          method="gradient_cosine")
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    assert all(p.grad is None for p in model64.parameters())
+
+
 def test_fast_probes_reject_unknown_method(setup):
     model, state, ref, docs = setup
     with pytest.raises(ValueError, match="unknown estimators"):

@@ -79,7 +79,7 @@ def test_finetuned_encoder_distillation_scores_every_document(run_copy):
     settings.distill.finetune_encoder = True
     settings.distill.epochs = 1
     stats = distill_stage(settings, run_id, 0)
-    assert stats.finetuned_encoder and np.isfinite(stats.heldout_spearman)
+    assert stats.student == "finetuned" and np.isfinite(stats.heldout_spearman)
     con = duckdb.connect(str(settings.database), read_only=True)
     scored, finite = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE isfinite(score)) FROM influence_scores WHERE run_id = ? AND stage = 0",
@@ -145,3 +145,42 @@ def test_distillation_with_history_fits_on_earlier_stages_probes_too(run_copy):
     assert abs(stage0.mean()) < 1e-9 and abs(stage0.std() - 1) < 1e-9  # z-scored on its own
     stats = distill_stage(settings, run_id, 1)
     assert stats.train_probes == len(pooled_fit) + len(pooled_val) and np.isfinite(stats.heldout_spearman)
+
+
+def test_token_distillation_scores_every_document_and_registers_a_text_model(run_copy, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from influmix.tracking import tracking_scope
+    from models.proxy_lm import probe_inputs
+    from models.token_influence import load_token_model, predict_tokens
+    from models.tokenizer import load_tokenizer
+    from tasks.distill import distill_stage
+    from tasks.pretrain import tokenizer_path
+    from tasks.track import log_influence_model
+
+    settings, run_id = run_copy
+    settings.distill.features = "tokens"
+    stats = distill_stage(settings, run_id, 1)
+    assert stats.student == "tokens" and np.isfinite(stats.heldout_spearman)
+    model_dir = settings.stage_dir(run_id, 1) / "influence"
+    assert not (model_dir / "influence_head.safetensors").exists()  # the earlier head's files were replaced
+    con = duckdb.connect(str(settings.database), read_only=True)
+    rows = con.execute("SELECT d.doc_id, d.text, s.score FROM documents d JOIN influence_scores s USING (run_id, doc_id) "
+                       "WHERE run_id = ? AND s.stage = 1 ORDER BY d.doc_id", [run_id]).fetchall()
+    (docs,) = con.execute("SELECT count(*) FROM documents WHERE run_id = ?", [run_id]).fetchone()
+    con.close()
+    assert len(rows) == docs and np.isfinite([r[2] for r in rows]).all()
+    model = load_token_model(model_dir)
+    ids = probe_inputs(load_tokenizer(tokenizer_path(settings, run_id)), [r[1] for r in rows[:40]], settings.proxy.seq_len)
+    np.testing.assert_allclose(predict_tokens(model, ids), [r[2] for r in rows[:40]], rtol=1e-6)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking_scope(uri):
+        mlflow.set_experiment("token-model")
+        with mlflow.start_run():
+            version = log_influence_model(mlflow, settings, run_id, 1)
+        scorer = mlflow.pyfunc.load_model(f"models:/{settings.track.registered_model}@{settings.track.model_alias}")
+    assert version is not None
+    frame = pd.DataFrame({"text": [r[1] for r in rows[:40]]})  # the registered signature: a `text` column
+    np.testing.assert_allclose(scorer.predict(frame), [r[2] for r in rows[:40]], rtol=1e-6)
