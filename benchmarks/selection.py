@@ -277,6 +277,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
                    date=datetime.now(UTC).isoformat(timespec="seconds"))
     for method in cfg.methods:
         results["methods"].setdefault(method, {"seeds": {}}).update(comparable=comparable, device=device)
+    results["methods"] = {m: results["methods"][m] for m in sorted(results["methods"], key=METHODS.index)}
     pool_cost, pool_facts = prepare_pool(settings, workdir, (files.folder / "data.json").read_text())
     print(f"[{time.perf_counter() - clock:.0f} s] pool ready: {pool_facts['documents']} documents", flush=True)
     results["pool"] = {k: v for k, v in pool_facts.items() if k != "key"}

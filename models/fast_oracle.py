@@ -30,9 +30,9 @@ for which one is the default and the measurements behind the choice):
 Not an estimate of that score but a different oracle: "gradient_cosine", cos(g_doc(theta), g_ref(theta))
 (as in LESS/TracIn, without the optimizer state). Why offered: after a stage trained on a mixture, Adam's
 second moments are large exactly where that mixture pushed, so a one-step probe from the checkpoint's
-state down-weights more of the same data; the cosine reads only the loss landscape. On the selection
-benchmark it ranked wiki and news higher than the Adam probe at later stages but did not select better
-(README, "Selection benchmark").
+state down-weights more of the same data; the cosine reads only the loss landscape. In a look at the
+selection benchmark's stored probes it ranked wiki and news higher than the Adam probe at later stages,
+but it did not select better (README, "Selection benchmark", ablation).
 """
 
 from __future__ import annotations
