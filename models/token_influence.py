@@ -121,21 +121,21 @@ def fit_token_influence(fit_docs: list[list[int]], y_fit: np.ndarray, val_docs: 
     if len(y_fit) < 2 or not np.isfinite(y_fit).all() or not np.isfinite(y_val).all():
         raise ValueError("the token influence model needs at least 2 finite training labels")
     scale = float(y_fit.std()) or 1.0  # fit in z units: the ridge grid then means the same at every stage
-    X_fit = token_frequencies(fit_docs, vocab_size)
+    X_fit, X_val = token_frequencies(fit_docs, vocab_size), token_frequencies(val_docs, vocab_size)
+    X_probed = sparse.vstack([X_fit, X_val]).tocsr()
     solve = _ridge_dual(X_fit, y_fit / scale)
     alpha, best = alphas[len(alphas) // 2], float("nan")
     if len(y_val) >= 3:
-        X_val = token_frequencies(val_docs, vocab_size)
         scores = []
         for a in alphas:
             weights, bias = solve(a)
             scores.append(spearman(X_val @ weights + bias, y_val))
         best_index = int(np.argmax(scores))
         alpha, best = alphas[best_index], scores[best_index]
-        solve = _ridge_dual(sparse.vstack([X_fit, X_val]).tocsr(), np.concatenate([y_fit, y_val]) / scale)
+        solve = _ridge_dual(X_probed, np.concatenate([y_fit, y_val]) / scale)
     weights, bias = solve(alpha)
     if prior is not None and prior_weight > 0:
-        on_probes = token_frequencies(list(fit_docs) + list(val_docs), vocab_size) @ np.asarray(prior, np.float64)
+        on_probes = X_probed @ np.asarray(prior, np.float64)
         spread = float(on_probes.std())
         if spread > 0:
             to_z = prior_weight / spread  # z units, like the ridge's own weights here
