@@ -42,7 +42,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check influmix flows tasks models tests benchmarks scripts
+	$(BIN)/ruff check core runtime influmix flows tasks models tests benchmarks scripts
 
 sample: $(STAMP)
 	$(BIN)/python scripts/build_sample.py

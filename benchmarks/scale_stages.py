@@ -41,7 +41,7 @@ def load_config(workdir: Path) -> dict[str, Any]:
 
 
 def settings_for(config: dict[str, Any]):
-    from influmix.config import load_settings
+    from core.config import load_settings
 
     return load_settings(None, config["overrides"])
 
@@ -67,7 +67,7 @@ def run_generate(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def run_ingest(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     import tasks.ingest
-    from tasks.dedup import NearDedup
+    from tasks.ingest.dedup import NearDedup
 
     timer = {"near_dedup_seconds": 0.0, "indexes": []}
 
@@ -121,7 +121,7 @@ def run_features(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     import pyarrow as pa
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    from influmix import db
+    from core import db
     from tasks.embed import iter_document_pages
 
     settings, run_id = settings_for(config), config["run_id"]

@@ -75,7 +75,7 @@ class BenchConfig(_Strict):
 
 
 def load_config(path: Path, overrides: list[str]) -> BenchConfig:
-    from influmix.config import apply_overrides
+    from core.config import apply_overrides
 
     data = apply_overrides(tomllib.loads(path.read_text(encoding="utf-8")), overrides)
     for key in ("corpus", "reference", "workdir", "out"):
@@ -86,7 +86,7 @@ def load_config(path: Path, overrides: list[str]) -> BenchConfig:
 
 def pipeline_settings(cfg: BenchConfig, files, workdir: Path):
     """The influmix settings of the benchmark's run: the config's `[pipeline]`, on the benchmark's data."""
-    from influmix.config import Settings
+    from core.config import Settings
 
     data = json.loads(json.dumps(cfg.pipeline))
     data.update(run_dir=str(workdir / "runs"), run_id=RUN_ID)
@@ -100,7 +100,7 @@ def pipeline_settings(cfg: BenchConfig, files, workdir: Path):
 def prepare_pool(settings, workdir: Path, data_key: str):
     """Ingest, load the visible reference and embed the pool, once per work folder, data files and settings."""
     from benchmarks.selection_methods import EMBED_FLOPS_PER_TOKEN, Cost
-    from influmix import db
+    from core import db
     from tasks.embed import embed_documents
     from tasks.ingest import ingest_corpus, load_reference
     from tasks.runs import start_run
@@ -158,7 +158,7 @@ def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost,
 def _dsir(cfg: BenchConfig, settings, files, workdir: Path):
     """DSIR's weights for the pool (seed-independent): fitted once per work folder, then read back."""
     from benchmarks.selection_methods import DsirWeights, dsir_weights
-    from influmix import db
+    from core import db
     from tasks.embed import iter_document_pages
 
     saved = workdir / "dsir_weights.json"
@@ -326,7 +326,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
 
 
 def _pool_texts(settings) -> dict[str, str]:
-    from influmix import db
+    from core import db
     from tasks.embed import iter_document_pages
 
     with db.connect(settings.database, read_only=True) as con:

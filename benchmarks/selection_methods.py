@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from influmix import db
-from influmix.config import Settings
+from core import db
+from core.config import Settings
 from models.bandit import select_with_bandit
 from models.baselines import select_random, select_topk
 from tasks.cluster import cluster_documents, load_centroids

@@ -145,7 +145,7 @@ def table(results: dict[str, Any]) -> str:
 def log_mlflow(results: dict[str, Any], tracking_uri: str, experiment: str, artifacts: list[Path]) -> dict[str, str]:
     """One MLflow run per method, replacing that method's earlier run in the experiment (so re-running after
     each seed is idempotent): params, final figures, and the mean and per-seed curves with step = tokens."""
-    from influmix.tracking import tracking_scope
+    from core.tracking import tracking_scope
 
     with tracking_scope(tracking_uri):
         return _log_methods(results, tracking_uri, experiment, artifacts)

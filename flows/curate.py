@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, runtime
 
-from influmix.config import load_settings
+from core.config import load_settings
 from influmix.report import RunResult, StageResult, run_metrics
 from tasks.cluster import cluster_task
 from tasks.distill import distill_task

@@ -21,7 +21,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 import typer
 from rich.console import Console
 
-from influmix.config import ConfigError, load_settings
+from core.config import ConfigError, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -33,8 +33,8 @@ DbOpt = Annotated[Path | None, typer.Option("--db", help="DuckDB file (default: 
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from influmix.db import DatabaseBusyError
-    from influmix.preflight import TrackingUnavailable
+    from core.db import DatabaseBusyError
+    from core.preflight import TrackingUnavailable
     from tasks.embed import EmbedError
     from tasks.ingest import IngestError
 
@@ -77,9 +77,9 @@ def curate_and_report(settings, config: Path | None, overrides: list[str], debug
 
     from prefect.settings import get_current_settings
 
+    from core.preflight import check_tracking, local_prefect, prefect_api_problem
     from flows.curate import curate
     from influmix import reaper
-    from influmix.preflight import check_tracking, local_prefect, prefect_api_problem
     from influmix.quiet import quiet_user_tracebacks
     from influmix.report import print_run_report
     from influmix.services import served_env
@@ -147,7 +147,7 @@ def runs(config: ConfigOpt = None, db: DbOpt = None) -> None:
     """List the runs in the database."""
     from rich.table import Table
 
-    from influmix import db as database
+    from core import db as database
 
     def list_runs():
         with database.connect(database_for(config, db), read_only=True) as con:

@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from influmix import db
+from core import db
 from influmix.report import mixture_summary
 from tasks.track import flatten
 

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from influmix import db
+from core import db
 
 
 def mixture_summary(db_path: Path, run_id: str) -> dict[str, Any]:

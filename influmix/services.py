@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from influmix.config import Settings
+from core.config import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

@@ -40,7 +40,7 @@ import numpy as np
 
 @dataclass
 class BanditConfig:
-    """Knobs of `select_with_bandit`; mirrors `influmix.config.SelectSettings`."""
+    """Knobs of `select_with_bandit`; mirrors `core.config.SelectSettings`."""
 
     token_budget: int
     ucb_alpha: float = 1.0

@@ -42,7 +42,7 @@ HEAD_META = "influence_head.json"
 
 @dataclass
 class InfluenceConfig:
-    """Hyperparameters of the influence model; mirrors `influmix.config.DistillSettings`."""
+    """Hyperparameters of the influence model; mirrors `core.config.DistillSettings`."""
 
     hidden_dim: int = 128
     epochs: int = 200

@@ -27,7 +27,7 @@ from models.proxy_lm import lm_loss
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of one training stage (defaults of the whole run live in influmix.config)."""
+    """Hyperparameters of one training stage (defaults of the whole run live in core.config)."""
 
     steps: int
     batch_size: int

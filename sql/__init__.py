@@ -1,1 +1,1 @@
-"""SQL lives here as `.sql` files, one statement each; `influmix.db` loads and binds them."""
+"""SQL lives here as `.sql` files, one statement each; `core.db` loads and binds them."""

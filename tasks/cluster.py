@@ -14,10 +14,10 @@ import pyarrow as pa
 from prefect import task
 from sklearn.cluster import MiniBatchKMeans
 
-from influmix import db
-from influmix.config import ConfigError, Settings
+from core import db
+from core.config import ConfigError, Settings
+from runtime.policies import STAGE_CACHE
 from tasks.embed import load_embeddings
-from tasks.policies import STAGE_CACHE
 
 
 @dataclass

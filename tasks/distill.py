@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from influmix import db
-from influmix.config import Settings
-from influmix.faults import failpoint
+from core import db
+from core.config import Settings
+from core.faults import failpoint
 from models.influence import (
     InfluenceConfig,
     load_head,
@@ -45,9 +45,9 @@ from models.token_influence import (
 )
 from models.tokenizer import load_tokenizer
 from models.trainer import resolve_device
-from tasks import shards
+from runtime import shards
+from runtime.policies import STAGE_CACHE
 from tasks.embed import embedding_matrix, iter_document_pages, load_embedder, load_embeddings
-from tasks.policies import STAGE_CACHE
 from tasks.pretrain import tokenizer_path
 
 

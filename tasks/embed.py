@@ -21,13 +21,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from influmix import db
-from influmix.config import EmbedSettings, Settings
-from influmix.faults import failpoint
+from core import db
+from core.config import EmbedSettings, Settings
+from core.faults import failpoint
 from models.influence_encoder import embedding_dim
 from models.trainer import resolve_device
-from tasks import shards
-from tasks.policies import STAGE_CACHE
+from runtime import shards
+from runtime.policies import STAGE_CACHE
 
 PACKAGED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 PAGE_BATCHES = 4

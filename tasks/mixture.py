@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from influmix import db
-from influmix.config import Settings
-from influmix.faults import failpoint
-from tasks.policies import STAGE_CACHE
+from core import db
+from core.config import Settings
+from core.faults import failpoint
+from runtime.policies import STAGE_CACHE
 from tasks.select import Selection
 
 

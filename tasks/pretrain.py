@@ -14,8 +14,8 @@ import pyarrow as pa
 import torch
 from prefect import task
 
-from influmix import db
-from influmix.config import Settings
+from core import db
+from core.config import Settings
 from models.oracles import reference_loss
 from models.proxy_lm import build_proxy_lm, count_params, pack_sequences, use_attention
 from models.tokenizer import (
@@ -34,8 +34,8 @@ from models.trainer import (
     save_checkpoint,
     train,
 )
+from runtime.policies import STAGE_CACHE
 from tasks.embed import iter_document_pages
-from tasks.policies import STAGE_CACHE
 
 
 @dataclass

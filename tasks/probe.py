@@ -20,15 +20,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from scipy.stats import spearmanr
 
-from influmix import db
-from influmix.config import Settings
-from influmix.faults import failpoint
+from core import db
+from core.config import Settings
+from core.faults import failpoint
 from models.oracles import EXACT_GPU_BATCH, FAST_BATCH, ProbeConfig, ProbeScores, exact_probes, fast_probes
 from models.proxy_lm import probe_inputs
 from models.tokenizer import load_tokenizer
 from models.trainer import load_checkpoint, resolve_device
-from tasks import shards
-from tasks.policies import STAGE_CACHE
+from runtime import shards
+from runtime.policies import STAGE_CACHE
 from tasks.pretrain import reference_tensor, tokenizer_path
 
 

@@ -13,7 +13,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from influmix.config import Settings
+from core.config import Settings
 from influmix.report import mixture_summary
 from tasks.track import TrackInfo
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from influmix import db
-from influmix.config import Settings
-from influmix.preflight import check_tracking
+from core import db
+from core.config import Settings
+from core.preflight import check_tracking
 
 
 def new_run_id() -> str:
@@ -79,7 +79,7 @@ def finish_run(settings: Settings, run_id: str, status: str, mlflow_run_id: str 
 
 def mark_run_failed(flow, flow_run, state) -> None:
     """Prefect on_failure hook: the flow's `runs` row says failed instead of running forever."""
-    from influmix.config import load_settings
+    from core.config import load_settings
 
     params = flow_run.parameters or {}
     settings = load_settings(params.get("config"), params.get("overrides"))

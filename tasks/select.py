@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow as pa
 from prefect import task
 
-from influmix import db
-from influmix.config import Settings
-from influmix.faults import failpoint
+from core import db
+from core.config import Settings
+from core.faults import failpoint
 from models.bandit import BanditConfig, select_with_bandit
+from runtime.policies import STAGE_CACHE
 from tasks.cluster import load_centroids
-from tasks.policies import STAGE_CACHE
 from tasks.probe import available_documents
 
 

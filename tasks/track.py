@@ -21,15 +21,15 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from influmix import db
-from influmix.config import Settings
-from influmix.preflight import TrackingUnavailable, tracking_problem
+from core import db
+from core.config import Settings
+from core.preflight import TrackingUnavailable, tracking_problem
+from core.tracking import tracking_scope
 from influmix.report import mixture_summary
-from influmix.tracking import tracking_scope
-from tasks.policies import STAGE_CACHE, retry_on_network_error
+from runtime.policies import STAGE_CACHE, retry_on_network_error
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-PYFUNC_CODE = Path(__file__).resolve().parents[1] / "influmix" / "influence_pyfunc.py"
+PYFUNC_CODE = Path(__file__).resolve().parents[1] / "runtime" / "influence_pyfunc.py"
 
 
 @dataclass

@@ -14,8 +14,8 @@ import random
 import sys
 from pathlib import Path
 
-from influmix import db
-from influmix.config import load_settings
+from core import db
+from core.config import load_settings
 from influmix.report import mixture_summary
 from tasks.mixture import write_mixture
 from tasks.select import Selection

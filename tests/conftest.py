@@ -76,8 +76,8 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def e2e_run(tmp_path_factory, prefect_harness):
     """The real flow, once, at tiny scale: (settings, RunResult)."""
+    from core.config import load_settings
     from flows.curate import curate
-    from influmix.config import load_settings
 
     run_dir = tmp_path_factory.mktemp("e2e") / "runs"
     overrides = tiny_overrides(run_dir)

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from influmix import db
-from tasks.policies import STAGE_CACHE
+from core import db
+from runtime.policies import STAGE_CACHE
 from tests.conftest import SAMPLE, tiny_overrides
 
 CACHED_STAGES = {"ingest", "reference", "embed", "cluster", "tokenizer", "pretrain", "probe", "distill", "select",
@@ -72,7 +72,7 @@ def test_rerun_of_a_finished_run_reuses_every_stage(e2e_run):
 
 
 def test_stage_keys_follow_what_each_stage_reads(tmp_path):
-    from influmix.config import load_settings
+    from core.config import load_settings
 
     corpus = tmp_path / "corpus.jsonl.gz"
     shutil.copy(SAMPLE / "corpus.jsonl.gz", corpus)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from influmix.config import ConfigError, Settings, load_settings
+from core.config import ConfigError, Settings, load_settings
 
 
 def test_defaults_are_valid_and_documented():
@@ -116,7 +116,7 @@ def test_unsafe_run_ids_are_rejected(run_id, tmp_path):
 
 
 def test_run_folders_stay_inside_their_root(tmp_path):
-    from influmix.config import run_subdir
+    from core.config import run_subdir
 
     settings = load_settings(None, [f'run_dir="{tmp_path / "runs"}"', "run_id=run-20260101.a_b"])
     assert settings.stage_dir("run-20260101.a_b", 2) == tmp_path / "runs" / "run-20260101.a_b" / "stage-2"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from influmix import db
-from influmix.faults import POINTS
+from core import db
+from core.faults import POINTS
 from tests.conftest import REPO, free_port, tiny_overrides
 
 INFLUMIX = str(Path(sys.executable).parent / "influmix")
@@ -156,7 +156,7 @@ def test_tracking_server_down_at_start_fails_before_any_work(tmp_path, run_env):
 
 
 def test_tracking_server_lost_mid_run_keeps_every_result(e2e_run, monkeypatch):
-    from influmix.preflight import TrackingUnavailable
+    from core.preflight import TrackingUnavailable
     from tasks.track import track_run
 
     settings, result = e2e_run

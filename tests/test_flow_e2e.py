@@ -156,8 +156,8 @@ def test_prefect_flow_run_completed_with_every_stage(e2e_run):
 
 
 def test_a_failed_flow_marks_its_run_failed_and_raises_the_user_error(tmp_path, prefect_harness):
+    from core.config import ConfigError, load_settings
     from flows.curate import curate
-    from influmix.config import ConfigError, load_settings
     from tests.conftest import tiny_overrides
 
     overrides = [*tiny_overrides(tmp_path / "runs", corpus_records=30), "cluster.k=100", "run_id=doomed"]

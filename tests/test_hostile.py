@@ -27,11 +27,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from core.config import ConfigError, Settings, load_settings
 from influmix.cli import app
-from influmix.config import ConfigError, Settings, load_settings
-from tasks import repeats
-from tasks.ingest import IngestError, IngestStats, clean_record, ingest_corpus
-from tasks.readers import RawRecord
+from tasks.ingest import IngestError, IngestStats, clean_record, ingest_corpus, repeats
+from tasks.ingest.readers import RawRecord
 
 N_REPEATS = 1_000_000
 HUGE_CHARS = 50 * 2**20

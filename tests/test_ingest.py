@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from influmix.config import Settings, SourceSettings, load_settings
+from core.config import Settings, SourceSettings, load_settings
 from tasks.ingest import (
     IngestError,
     IngestStats,
@@ -25,7 +25,7 @@ from tasks.ingest import (
     load_reference,
     reference_task,
 )
-from tasks.readers import BadRecord, RawRecord, iter_source
+from tasks.ingest.readers import BadRecord, RawRecord, iter_source
 
 SAMPLE = ROOT / "data" / "sample"
 CORPUS, BROKEN, REFERENCE = SAMPLE / "corpus.jsonl.gz", SAMPLE / "broken.jsonl", SAMPLE / "reference.jsonl.gz"

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from influmix.config import ConfigError
-from tasks.shards import connect_ray, disconnect_ray, shard_bounds, split_table, tag_pages
+from core.config import ConfigError
+from runtime.shards import connect_ray, disconnect_ray, shard_bounds, split_table, tag_pages
 from tests.conftest import free_port, tiny_overrides
 
 pytestmark = pytest.mark.services

@@ -13,7 +13,7 @@ from pathlib import Path
 from datasketch import MinHashLSH
 
 from benchmarks import scale
-from tasks.dedup import BandIndex, NearDedup, lsh_bands
+from tasks.ingest.dedup import BandIndex, NearDedup, lsh_bands
 from tests.conftest import sample_texts
 
 STAGE_FIELDS = {"wall_s", "process_wall_s", "cpu_s", "peak_rss_mib", "docs_per_s", "input_documents", "counts"}

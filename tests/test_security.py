@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_settings
 from influmix import services
-from influmix.config import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("influmix", "tasks", "models", "flows", "benchmarks")
+CODE_DIRS = ("core", "runtime", "influmix", "tasks", "models", "flows", "benchmarks")
 SQL_WORDS = re.compile(
     r"\b(select\s.+\sfrom|insert\s+into|update\s+\w+\s+set|delete\s+from|create\s+(table|view|index)|"
     r"drop\s+(table|view)|alter\s+table)\b", re.IGNORECASE | re.DOTALL)
 EXECUTORS = {"execute", "executemany", "sql", "query", "from_query"}
-STATEMENT_HELPERS = {"run", "rows", "arrow", "arrow_reader", "insert_arrow"}  # influmix.db: (con, "<name>", ...)
+STATEMENT_HELPERS = {"run", "rows", "arrow", "arrow_reader", "insert_arrow"}  # core.db: (con, "<name>", ...)
 UNPICKLERS = {("torch", "load"), ("pickle", "load"), ("pickle", "loads"), ("joblib", "load"), ("cloudpickle", "load"),
               ("cloudpickle", "loads"), ("dill", "load"), ("dill", "loads"), ("pd", "read_pickle"),
               ("pandas", "read_pickle"), ("torch", "save"), ("pickle", "dump"), ("joblib", "dump")}
@@ -82,7 +82,7 @@ def test_the_sql_scanner_allows_bound_statements():
     for snippet in ['con.execute(db.sql("count_documents"), [run_id])', 'con.execute("SET threads = 1")',
                     'db.run(con, "insert_run", {"run_id": run_id})', 'msg = f"setting `{key}`: bad"']:
         assert not sql_offenders(ast.parse(snippet)), snippet
-    assert len(python_files()) > 30 and REPO / "influmix" / "db.py" in python_files()
+    assert len(python_files()) > 30 and REPO / "core" / "db.py" in python_files()
 
 
 def test_no_sql_is_built_by_string_formatting():

@@ -41,7 +41,7 @@ def client_env(settings) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from influmix.config import load_settings
+    from core.config import load_settings
 
     run_dir = tmp_path_factory.mktemp("served") / "runs"
     args = ["--set", f'run_dir="{run_dir}"', "--set", f"serve.prefect_port={free_port()}",
@@ -124,7 +124,7 @@ def test_deployments_are_registered_with_a_cron_schedule(deployed):
 def test_deployment_runs_finish_on_the_worker_and_link_both_ways(served_runs):
     import mlflow
 
-    from influmix import db
+    from core import db
     from influmix.services import mlflow_url
 
     settings, flow_run_ids = served_runs
@@ -145,7 +145,7 @@ def test_deployment_runs_finish_on_the_worker_and_link_both_ways(served_runs):
 
 
 def test_compare_two_served_runs(served_runs):
-    from influmix import db
+    from core import db
 
     settings, _ = served_runs
     with db.connect(settings.database, read_only=True) as con:

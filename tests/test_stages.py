@@ -8,7 +8,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from influmix.config import ConfigError, load_settings
+from core.config import ConfigError, load_settings
 from tests.conftest import tiny_overrides
 
 
@@ -49,7 +49,7 @@ def test_more_clusters_than_documents_names_the_setting(run_copy):
 
 
 def test_embeddings_are_unit_norm_and_cover_every_document(run_copy):
-    from influmix import db
+    from core import db
     from tasks.embed import load_embeddings
 
     settings, run_id = run_copy
@@ -127,7 +127,7 @@ def test_export_rejects_unknown_format(run_copy, tmp_path):
 
 
 def test_distillation_with_history_fits_on_earlier_stages_probes_too(run_copy):
-    from influmix import db
+    from core import db
     from tasks.distill import distill_stage, training_rows, with_history
 
     settings, run_id = run_copy
@@ -151,7 +151,7 @@ def test_token_distillation_scores_every_document_and_registers_a_text_model(run
     import mlflow
     import pandas as pd
 
-    from influmix.tracking import tracking_scope
+    from core.tracking import tracking_scope
     from models.proxy_lm import probe_inputs
     from models.token_influence import load_token_model, predict_tokens
     from models.tokenizer import load_tokenizer

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from prefect import Task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from influmix.config import ConfigError, Settings, run_subdir
+from core.config import ConfigError, Settings, run_subdir
 
 RAY_CONNECT_TIMEOUT_S = 5.0
 """How long the driver waits for a TCP answer from `runner.ray_address` before calling it unreachable."""

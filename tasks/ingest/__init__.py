@@ -1,13 +1,13 @@
 """Ingest: read every source, quarantine bad records, clean, dedup (exact + MinHash near), write to DuckDB.
 
-Streaming throughout: records flow from the readers (`tasks/readers.py`) one at a time and reach DuckDB in
+Streaming throughout: records flow from the readers (`tasks/ingest/readers.py`) one at a time and reach DuckDB in
 Arrow batches of `ingest.batch_size`; only the content-hash set, the id map and the MinHash LSH index stay
 in memory. The whole write (including removing an earlier attempt of the same run_id) is one transaction.
 
 A file that breaks while being read is one quarantined item (`bad_file` / `wrong_schema`, see
-`tasks/readers.py`) and the run goes on; a source that cannot be found is an IngestError up front, and so
+`tasks/ingest/readers.py`) and the run goes on; a source that cannot be found is an IngestError up front, and so
 is a corpus in which no document survives (after the rows are committed, so the quarantine table says why).
-Byte-identical repeated lines skip parsing, cleaning and hashing (`tasks/repeats.py`), same outcome.
+Byte-identical repeated lines skip parsing, cleaning and hashing (`tasks/ingest/repeats.py`), same outcome.
 
 Per record, in order (the first failing check decides the quarantine reason):
 * `missing_text` -- no `text_field` (or it is null); `wrong_type` -- text not a string (bytes are decoded),
@@ -38,20 +38,16 @@ import pyarrow as pa
 from prefect import task
 from tqdm.auto import tqdm
 
-from influmix import db
-from influmix.config import Settings, SourceSettings
-from influmix.faults import failpoint
-from tasks.clean import CleanDoc, bad_record, clean_and_hash, clean_record, readdress_doc
-from tasks.dedup import NearDedup, content_hash
-from tasks.policies import STAGE_CACHE, retry_on_network_error
-from tasks.readers import (
-    BadRecord,
-    IngestError,
-    Item,
-    iter_source,
-    resolve_paths,
-)
-from tasks.repeats import OutcomeCache
+from core import db
+from core.config import Settings, SourceSettings
+from core.faults import failpoint
+from core.sources import IngestError, resolve_paths
+from runtime.policies import STAGE_CACHE, retry_on_network_error
+from tasks.ingest.clean import CleanDoc, bad_record, clean_and_hash, clean_record, readdress_doc
+from tasks.ingest.dedup import NearDedup, content_hash
+from tasks.ingest.readers import iter_source
+from tasks.ingest.records import BadRecord, Item
+from tasks.ingest.repeats import OutcomeCache
 
 __all__ = [
     "CleanDoc",

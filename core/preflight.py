@@ -15,7 +15,7 @@ import contextlib
 import urllib.error
 import urllib.request
 
-from influmix.config import Settings
+from core.config import Settings
 
 TIMEOUT_S = 5.0
 

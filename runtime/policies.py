@@ -16,8 +16,8 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.utilities.hashing import hash_objects
 
-from influmix import db
-from influmix.config import Settings
+from core import db
+from core.config import Settings
 
 # Settings each corpus-level stage reads; per-stage tasks depend on the whole (mixture-shaping) config.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -35,7 +35,7 @@ def source_fingerprint(settings: Settings) -> list[Any]:
     An unpinned Hugging Face source (no `hf_revision`) can change upstream without notice: pin it to make
     its ingestion reusable by content, else a re-run re-reads it only when the settings change.
     """
-    from tasks.readers import resolve_paths
+    from core.sources import resolve_paths
 
     out: list[Any] = []
     for source in [*settings.ingest.sources, *settings.reference.sources]:

@@ -34,63 +34,22 @@ copied again just to show its first 200 characters.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import json
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
-from influmix.config import SourceSettings
+from core.config import SourceSettings
+from core.sources import IngestError, resolve_paths
+from tasks.ingest.records import BadRecord, Item, RawRecord, excerpt_of, safe_str
+from tasks.ingest.repeats import LineCache
 
-SUPPORTED_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet", ".txt")
-EXCERPT_CHARS = 200
 PARQUET_BATCH_ROWS = 1024
 # What reading a damaged or vanished file raises (gzip.BadGzipFile is an OSError; pyarrow's are added lazily).
 READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error)
-
-
-class IngestError(ValueError):
-    """A user error about a source as a whole: one line that names the source; printed without a traceback."""
-
-
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    source: str  # file path or `hf:<dataset>` the record came from
-    locator: str  # where in the source: line:N, item:N, row:N or file
-    record: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class BadRecord:
-    source: str
-    locator: str
-    # invalid_json | not_utf8 | missing_text | wrong_type | empty_text | too_long | duplicate_id  (a record)
-    # bad_file | wrong_schema  (a whole file, or the rest of it from `locator` on)
-    reason: str
-    detail: str
-    excerpt: str
-
-
-Item = RawRecord | BadRecord
-
-
-def safe_str(value: str) -> str:
-    """`value` as valid UTF-8 (lone surrogates replaced), fit for a DuckDB VARCHAR."""
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "replace").decode("utf-8")
-
-
-def excerpt_of(raw: bytes | str) -> str:
-    """The first EXCERPT_CHARS characters, cut before decoding (at most 4 bytes per character)."""
-    text = raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return safe_str(text[:EXCERPT_CHARS].rstrip("\r\n"))
 
 
 def bad_file(source: str, locator: str, exc: BaseException) -> BadRecord:
@@ -105,36 +64,6 @@ def source_label(source: SourceSettings) -> str:
     if source.hf_config:
         label += f"/{source.hf_config}"
     return f"{label}[{source.hf_split}]"
-
-
-def _supported(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(SUPPORTED_SUFFIXES) and not path.name.startswith(".")
-
-
-def resolve_paths(source: SourceSettings) -> list[Path]:
-    """The files a path source stands for; raises IngestError if there are none."""
-    assert source.path is not None
-    raw = source.path
-    path = Path(raw).expanduser()
-    if path.is_file():
-        if not path.name.endswith(SUPPORTED_SUFFIXES):
-            raise IngestError(
-                f"source {raw}: unsupported file type (expected one of {', '.join(SUPPORTED_SUFFIXES)})"
-            )
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if _supported(p))
-        if not files:
-            raise IngestError(f"source {raw}: directory has no {'/'.join(SUPPORTED_SUFFIXES)} files")
-        return files
-    if any(ch in raw for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if _supported(Path(p)))
-        if not files:
-            raise IngestError(f"source {raw}: glob matches no {'/'.join(SUPPORTED_SUFFIXES)} files")
-        return files
-    if path.exists():
-        raise IngestError(f"source {raw}: not a regular file or directory")
-    raise IngestError(f"source {raw}: path does not exist")
 
 
 def _decode_object(raw: bytes, source: str, locator: str) -> Item:
@@ -169,8 +98,6 @@ def _open_binary(path: Path):
 
 def read_json_lines(path: Path, source: str) -> Iterator[Item]:
     """One item per non-blank line; a read error (truncated .gz, I/O error) ends the file as `bad_file`."""
-    from tasks.repeats import LineCache  # here: tasks.repeats imports this module
-
     number, seen = 0, LineCache()
     with _open_binary(path) as fh:
         try:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from influmix.config import IngestSettings, SourceSettings
-from tasks.dedup import content_hash
-from tasks.readers import BadRecord, RawRecord, excerpt_of, safe_str
+from core.config import IngestSettings, SourceSettings
+from tasks.ingest.dedup import content_hash
+from tasks.ingest.records import BadRecord, RawRecord, excerpt_of, safe_str
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from influmix.config import SourceSettings
-from tasks.readers import BadRecord, Item, RawRecord
+from core.config import SourceSettings
+from tasks.ingest.records import BadRecord, Item, RawRecord
 
 MAX_LINE_BYTES = 16_384  # longer lines are rarely repeated verbatim and would crowd the cache out
 MAX_CACHED_BYTES = 32 * 2**20  # per cache; when full it starts over (repeats cluster in practice)

@@ -1,0 +1,1 @@
+"""How stages run: document shards (in-process or on Ray) and the stage cache policies. Imports core only."""
