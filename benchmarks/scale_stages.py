@@ -121,8 +121,7 @@ def run_features(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     import pyarrow as pa
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    from core import db
-    from tasks.embed import iter_document_pages
+    from core import db, store
 
     settings, run_id = settings_for(config), config["run_id"]
     rng = np.random.default_rng(settings.seed)
@@ -134,7 +133,7 @@ def run_features(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     with db.connect(settings.database) as con, db.transaction(con):
         db.run(con, "delete_embeddings", {"run_id": run_id})
         db.run(con, "delete_influence_scores", {"run_id": run_id, "stage": 0})
-        for doc_ids, texts in iter_document_pages(con, run_id, FEATURE_PAGE):
+        for doc_ids, texts in store.document_pages(con, run_id, FEATURE_PAGE):
             n = len(doc_ids)
             vectors = feature_page(texts, vectorizer, projection)
             tokens = np.array([max(1, round(1.3 * len(t.split()))) for t in texts], dtype=np.int32)
@@ -154,22 +153,28 @@ def run_features(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def run_cluster(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from core.artifacts import Embedded
     from tasks.cluster import cluster_documents
 
-    stats = cluster_documents(settings_for(config), config["run_id"])
+    embedded = Embedded(config["run_id"], FEATURES_MODEL, FEATURE_DIM, 0, 0.0, 0.0)  # the stand-in features
+    stats = cluster_documents(settings_for(config), embedded)
     return {"documents": stats.documents, "clusters": stats.k, "smallest": stats.smallest,
             "largest": stats.largest, "inertia": round(stats.inertia, 3)}
 
 
 def run_select(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from core.artifacts import Clustered, Influence
     from tasks.mixture import write_mixture
     from tasks.select import select_stage
 
     settings, run_id = settings_for(config), config["run_id"]
-    selection = select_stage(settings, run_id, 0, progress=False)
-    written = write_mixture(settings, run_id, selection)
-    return {"documents": written["documents"], "selected_documents": written["documents"],
-            "selected_tokens": written["tokens"], "token_budget": written["token_budget"],
+    # the stand-in scores of run_features, as the distill stage would have written them
+    scores = Influence(run_id, 0, 0, 0, float("nan"), float("nan"), 0, "", "stand-in", 0.0)
+    clusters = Clustered(run_id, settings.cluster.k, 0, 0.0, 0, 0, 0.0)
+    selection = select_stage(settings, scores, clusters, progress=False)
+    written = write_mixture(settings, selection)
+    return {"documents": written.documents, "selected_documents": written.documents,
+            "selected_tokens": written.tokens, "token_budget": written.token_budget,
             "bandit_rounds": selection.n_rounds, "pool_exhausted": selection.exhausted,
             "clusters_used": len(set(selection.cluster_ids))}
 

@@ -100,10 +100,11 @@ def pipeline_settings(cfg: BenchConfig, files, workdir: Path):
 def prepare_pool(settings, workdir: Path, data_key: str):
     """Ingest, load the visible reference and embed the pool, once per work folder, data files and settings."""
     from benchmarks.selection_methods import EMBED_FLOPS_PER_TOKEN, Cost
-    from core import db
+    from core import db, store
+    from core.artifacts import Embedded, Ingested, ReferenceSet
     from tasks.embed import embed_documents
     from tasks.ingest import ingest_corpus, load_reference
-    from tasks.runs import start_run
+    from tasks.track import start_run
 
     stamp = workdir / "pool.json"
     key = data_key + settings.model_dump_json(include={"ingest", "reference", "embed"})
@@ -113,26 +114,29 @@ def prepare_pool(settings, workdir: Path, data_key: str):
         start_run(settings)
         started = time.perf_counter()
         ingested = ingest_corpus(settings, RUN_ID, progress=False)
-        load_reference(settings, RUN_ID)
+        reference = load_reference(settings, RUN_ID)
         ingest_s = time.perf_counter() - started
-        embedded = embed_documents(settings, RUN_ID, progress=False)
+        embedded = embed_documents(settings, ingested, progress=False)
         with db.connect(settings.database, read_only=True) as con:
-            chars = [r[3] for r in db.rows(con, "pool_documents_metadata", {"run_id": RUN_ID})]
+            chars = [r.n_chars for r in store.documents_metadata(con, RUN_ID)]
         # ~4 characters per MiniLM word piece, cut at the embedder's window
         tokens = sum(min(c / 4, settings.embed.max_seq_length) for c in chars)
         saved = {"key": key, "documents": ingested.documents, "ingest_seconds": ingest_s,
                  "embed_seconds": embedded.seconds, "embed_docs_per_s": embedded.docs_per_s,
-                 "embed_flops": EMBED_FLOPS_PER_TOKEN * tokens}
+                 "embed_flops": EMBED_FLOPS_PER_TOKEN * tokens,
+                 "artifacts": {"ingested": dataclasses.asdict(ingested), "reference": dataclasses.asdict(reference),
+                               "embedded": dataclasses.asdict(embedded)}}
         stamp.write_text(json.dumps(saved, indent=1))
     cost = Cost()
     cost.add("embed", saved["embed_seconds"], saved["embed_flops"])
-    return cost, saved
+    artifacts = saved["artifacts"]
+    pool = (Ingested(**artifacts["ingested"]), ReferenceSet(**artifacts["reference"]), Embedded(**artifacts["embedded"]))
+    return cost, saved, pool
 
 
-def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost, dsir_cache: dict) -> dict:
+def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost, pool, dsir_cache: dict) -> dict:
     """The seed's mixtures for every configured method (cached in <workdir>/seed-N/), and its tokenizer."""
     from benchmarks.selection_methods import mixture_facts, select_for_seed
-    from tasks.pretrain import tokenizer_path
 
     folder = workdir / f"seed-{settings.seed}"
     cached = folder / "selections.json"
@@ -145,10 +149,10 @@ def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost,
     if "dsir" in cfg.methods and "weights" not in dsir_cache:
         dsir_cache["weights"] = _dsir(cfg, settings, files, workdir)
     reference_domains = {r.get("domain") for r in read_jsonl(files.path("reference_visible"))}
-    methods = select_for_seed(settings, RUN_ID, cfg.methods, dsir_cache.get("weights"), reference_domains, pool_cost)
+    methods = select_for_seed(settings, cfg.methods, dsir_cache.get("weights"), reference_domains, pool_cost, *pool)
     methods = mixture_facts(settings, RUN_ID, methods)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tokenizer_path(settings, RUN_ID), folder / "tokenizer.json")
+    shutil.copy(settings.stage_dir(RUN_ID) / "tokenizer.json", folder / "tokenizer.json")
     saved = {"key": key, "methods": methods,
              "dsir_implementation": dsir_cache["weights"].implementation if "weights" in dsir_cache else None}
     cached.write_text(json.dumps(saved))
@@ -158,15 +162,14 @@ def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost,
 def _dsir(cfg: BenchConfig, settings, files, workdir: Path):
     """DSIR's weights for the pool (seed-independent): fitted once per work folder, then read back."""
     from benchmarks.selection_methods import DsirWeights, dsir_weights
-    from core import db
-    from tasks.embed import iter_document_pages
+    from core import db, store
 
     saved = workdir / "dsir_weights.json"
     key = [json.loads((workdir / "pool.json").read_text())["key"], cfg.dsir.model_dump()]
     if saved.exists() and (data := json.loads(saved.read_text()))["key"] == key:
         return DsirWeights(**data["weights"])
     with db.connect(settings.database, read_only=True) as con:
-        pool = [(d, t) for ids, texts in iter_document_pages(con, RUN_ID, 5000) for d, t in zip(ids, texts)]
+        pool = [(d, t) for ids, texts in store.document_pages(con, RUN_ID, 5000) for d, t in zip(ids, texts)]
     shutil.rmtree(workdir / "dsir", ignore_errors=True)
     weights = dsir_weights(pool, visible_documents(files), workdir / "dsir", cfg.dsir.ngrams, cfg.dsir.num_buckets,
                            cfg.dsir.min_example_length)
@@ -278,9 +281,9 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     for method in cfg.methods:
         results["methods"].setdefault(method, {"seeds": {}}).update(comparable=comparable, device=device)
     results["methods"] = {m: results["methods"][m] for m in sorted(results["methods"], key=METHODS.index)}
-    pool_cost, pool_facts = prepare_pool(settings, workdir, (files.folder / "data.json").read_text())
+    pool_cost, pool_facts, pool = prepare_pool(settings, workdir, (files.folder / "data.json").read_text())
     print(f"[{time.perf_counter() - clock:.0f} s] pool ready: {pool_facts['documents']} documents", flush=True)
-    results["pool"] = {k: v for k, v in pool_facts.items() if k != "key"}
+    results["pool"] = {k: v for k, v in pool_facts.items() if k not in ("key", "artifacts")}
     heldout = list(read_jsonl(files.path("reference_heldout")))
     pool_heldout = list(read_jsonl(files.path("pool_heldout")))
     tokens_per_step = eval_cfg.batch_size * eval_cfg.seq_len
@@ -293,7 +296,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
         if not todo:
             continue
         seed_settings = settings.model_copy(update={"seed": seed})
-        chosen = seed_selections(cfg, seed_settings, files, workdir, pool_cost, dsir_cache)
+        chosen = seed_selections(cfg, seed_settings, files, workdir, pool_cost, pool, dsir_cache)
         print(f"[{time.perf_counter() - clock:.0f} s] seed {seed}: selections ready", flush=True)
         results["dsir_implementation"] = chosen["dsir_implementation"]
         tokenizer = load_tokenizer(workdir / f"seed-{seed}" / "tokenizer.json")
@@ -326,11 +329,10 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
 
 
 def _pool_texts(settings) -> dict[str, str]:
-    from core import db
-    from tasks.embed import iter_document_pages
+    from core import db, store
 
     with db.connect(settings.database, read_only=True) as con:
-        return {d: t for ids, page in iter_document_pages(con, RUN_ID, 5000) for d, t in zip(ids, page)}
+        return {d: t for ids, page in store.document_pages(con, RUN_ID, 5000) for d, t in zip(ids, page)}
 
 
 def _packed(tokenizer, texts: list[str], seq_len: int):

@@ -3,12 +3,15 @@
 One influmix run holds the pool (ingested, deduplicated and embedded once); every seed re-clusters it and
 retrains its tokenizer in that run, then the methods select in turn:
 
-* `topk_influence` (MATES): its own model-aware trajectory of pipeline stages (pretrain the proxy on its
-  previous mixture, probe, distil) with Gumbel-top-k on each stage's influence scores instead of the bandit.
+* `topk_influence` (MATES): its own model-aware trajectory of pipeline stages with `select.method = "topk"`
+  (Gumbel-top-k on each stage's influence scores instead of the bandit).
 * `random`, `domain_oracle`, `dsir`, `bandit_static`: from the pool as it is (`bandit_static` on the
   stage-0 influence scores, which every model-aware method shares).
-* `influmix`: the pipeline's own trajectory (bandit over clusters), run last so that the run's tables end
-  up holding the influmix mixture, as `influmix show` would show it.
+* `influmix`: the pipeline's own trajectory with the configured `select.method`, run last so that the
+  run's tables end up holding the influmix mixture, as `influmix show` would show it.
+
+Both model-aware trajectories run the flow's own stage loop (flows/stages.py, `model_aware_stages`) over
+the stage functions the flow's tasks wrap: the benchmark measures what `influmix run` does.
 
 Each stage function replaces its rows for the run, so the trajectories reuse one run id in turn. A method
 never selects a document twice across stages (the pipeline's `select.exclude_previous`).
@@ -18,22 +21,29 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core import db
+from core import db, store
+from core.artifacts import Corpus, Embedded, Ingested, ReferenceSet, StageResult
 from core.config import Settings
+from core.seeds import rng
+from flows.stages import StageSteps, model_aware_stages
 from models.bandit import select_with_bandit
-from models.baselines import select_random, select_topk
-from tasks.cluster import cluster_documents, load_centroids
+from models.baselines import greedy_fill, select_topk
+from runtime.configs import bandit_config
+from tasks.cluster import cluster_documents
 from tasks.distill import distill_stage
 from tasks.mixture import write_mixture
-from tasks.pretrain import pretrain_stage, train_tokenizer
-from tasks.probe import available_documents, probe_stage
-from tasks.select import Selection, bandit_config, select_stage
+from tasks.pretrain import pretrain_stage
+from tasks.probe import probe_stage
+from tasks.select import select_stage
+from tasks.tokenizer import train_tokenizer
 
 METHODS = ("random", "dsir", "topk_influence", "bandit_static", "domain_oracle", "influmix")
 MODEL_AWARE = ("topk_influence", "bandit_static", "influmix")
@@ -106,136 +116,155 @@ def dsir_weights(pool: list[tuple[str, str]], target: list[str], cache_dir: Path
                        time.perf_counter() - started, f"data-selection {version('data-selection')} HashedNgramDSIR")
 
 
-def _timed(cost: Cost, part: str, fn, *args, **kwargs):
-    started = time.perf_counter()
-    result = fn(*args, **kwargs)
-    cost.add(part, time.perf_counter() - started)
-    return result
+def _timed(cost: Cost, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` that adds its wall time to `cost[part]` on every call."""
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        result = fn(*args, **kwargs)
+        cost.add(part, time.perf_counter() - started)
+        return result
+    return timed
 
 
-def model_stage(settings: Settings, run_id: str, stage: int) -> tuple[Cost, dict[str, float]]:
-    """Pretrain the proxy for `stage` (on the run's previous mixture), probe it and distil the probes.
-
-    FLOPs are model FLOPs from models.flops (6N + attention per trained token): exact probe = one training
-    step on a document (at most seq_len tokens) + a forward pass over the probe reference; fast probe = one
-    per-document gradient + the shared reference gradient once; influence head = 6 x its weights per
-    training example and epoch (an upper bound: early stopping) + 2 x weights per scored document; token
-    model = its two ridge solves + 2 FLOPs per scored token.
-    """
-    cost = Cost()
-    ckpt = _timed(cost, "proxy_train", pretrain_stage, settings, run_id, stage, progress=False)
-    probes = _timed(cost, "probe", probe_stage, settings, run_id, stage, progress=False)
-    distilled = _timed(cost, "distill_score", distill_stage, settings, run_id, stage)
+def stage_flops(settings: Settings, result: StageResult) -> dict[str, float]:
+    """Model FLOPs of one model-aware stage's selection work, from its artifacts (models.flops: 6N +
+    attention per trained token): exact probe = one training step on a document (at most seq_len tokens) +
+    a forward pass over the probe reference; fast probe = one per-document gradient + the shared reference
+    gradient once; influence head = 6 x its weights per training example and epoch (an upper bound: early
+    stopping) + 2 x weights per scored document; token model = its two ridge solves + 2 FLOPs per scored
+    token."""
+    ckpt, probes, distilled = result.checkpoint, result.probes, result.influence
     fpt, seq = ckpt.flops_per_token, settings.proxy.seq_len
     ref_tokens = settings.probe.reference_sequences * seq
-    cost.flops["proxy_train"] += fpt * ckpt.train_tokens
-    cost.flops["probe"] += probes.probes * (fpt * seq + fpt / 3 * ref_tokens)
-    cost.flops["probe"] += probes.fast_probes * fpt * seq + (fpt * ref_tokens if probes.fast_probes else 0.0)
+    flops = {"proxy_train": fpt * ckpt.train_tokens,
+             "probe": probes.probes * (fpt * seq + fpt / 3 * ref_tokens)
+             + probes.fast_probes * fpt * seq + (fpt * ref_tokens if probes.fast_probes else 0.0)}
     if distilled.student == "tokens":  # two dual ridge fits (Gram + eigh), then one add per scored token
         n = distilled.train_probes
-        cost.flops["distill_score"] += (2 * (2 * n * n * settings.proxy.vocab_size + 10 * n ** 3)
-                                        + 2 * seq * distilled.scored_documents)
+        flops["distill_score"] = (2 * (2 * n * n * settings.proxy.vocab_size + 10 * n ** 3)
+                                  + 2 * seq * distilled.scored_documents)
     else:
         head = 384 * settings.distill.hidden_dim + 2 * settings.distill.hidden_dim
-        cost.flops["distill_score"] += (6 * head * distilled.train_probes * settings.distill.epochs
-                                        + 2 * head * distilled.scored_documents)
-    facts = {"proxy_reference_loss": ckpt.reference_loss, "probe_fast_spearman": probes.fast_spearman,
-             "influence_heldout_spearman": distilled.heldout_spearman}
-    return cost, facts
+        flops["distill_score"] = (6 * head * distilled.train_probes * settings.distill.epochs
+                                  + 2 * head * distilled.scored_documents)
+    return flops
 
 
-def topk_selection(settings: Settings, run_id: str, stage: int) -> Selection:
-    """MATES: Gumbel-top-k (temperature `select.temperature`) on the stage's influence scores."""
-    with db.connect(settings.database) as con:
-        candidates = available_documents(con, settings, run_id, stage)
-        score_of = dict(db.rows(con, "stage_scores", {"run_id": run_id, "stage": stage}))
-    ids = [c[0] for c in candidates]
-    tokens = np.array([c[2] for c in candidates], dtype=np.int64)
-    scores = np.array([score_of[d] for d in ids])
-    picked = select_topk(scores, tokens, settings.select.token_budget, settings.select.temperature,
-                         seed=settings.seed + 7919 * stage).tolist()
-    return Selection(stage, settings.select.token_budget, [ids[i] for i in picked],
-                     [int(candidates[i][1]) for i in picked], [float(scores[i]) for i in picked], [0] * len(picked),
-                     int(tokens[picked].sum()), 0, False)
+class StageClock:
+    """Times every model-aware step by part. Stage 0's pretrain, probe and distil do not depend on the
+    selection rule: they run once per seed and every trajectory gets the same artifacts (their rows stay in
+    the run's tables), while each trajectory is charged their full cost."""
+
+    def __init__(self) -> None:
+        self.stage0, self.done = Cost(), {}
+
+    def steps(self, own: Cost) -> StageSteps:
+        """The flow's stage functions, timed into `own` (stage 0: into the shared `stage0`)."""
+        return StageSteps(
+            pretrain=self._step(own, "proxy_train", partial(pretrain_stage, progress=False)),
+            probe=self._step(own, "probe", partial(probe_stage, progress=False)),
+            distill=self._step(own, "distill_score", distill_stage),
+            select=_timed(own, "select", partial(select_stage, progress=False)),
+            write=write_mixture)
+
+    def _step(self, own: Cost, part: str, fn):
+        def step(settings: Settings, *args):
+            stage = next(a if isinstance(a, int) else a.stage for a in args if isinstance(a, int) or hasattr(a, "stage"))
+            if stage == 0 and part in self.done:
+                return self.done[part]
+            started = time.perf_counter()
+            result = fn(settings, *args)
+            (self.stage0 if stage == 0 else own).add(part, time.perf_counter() - started)
+            if stage == 0:
+                self.done[part] = result
+            return result
+        return step
 
 
-def trajectory(settings: Settings, run_id: str, select, stage0: tuple[Cost, dict] | None
-               ) -> tuple[list[list[str]], Cost, list[dict[str, float]], tuple[Cost, dict]]:
-    """Run every stage model-aware with `select(settings, run_id, stage) -> Selection`; reuse a finished
-    stage 0 (`stage0`, same seed: it does not depend on the selection rule). Returns the mixtures, the
-    cost (stage 0 included), per-stage facts and stage 0's (cost, facts) for the next trajectory."""
-    mixtures, cost, facts = [], Cost(), []
-    for stage in range(settings.stages):
-        if stage == 0 and stage0 is not None:
-            stage_cost, stage_facts = stage0
-        else:
-            stage_cost, stage_facts = model_stage(settings, run_id, stage)
-            stage0 = stage0 or (stage_cost, stage_facts)
-        cost = cost.plus(stage_cost)
-        selection = _timed(cost, "select", select, settings, run_id, stage)
-        write_mixture(settings, run_id, selection)
-        mixtures.append(selection.doc_ids)
-        facts.append(stage_facts)
-    return mixtures, cost, facts, stage0
+def trajectory(settings: Settings, corpus: Corpus, clock: StageClock, stages: range | None = None
+               ) -> tuple[list[StageResult], Cost]:
+    """Model-aware stages with `settings.select.method`, through the flow's own stage loop (flows/stages.py)
+    and stage functions; the cost includes stage 0's and the FLOPs of every stage's probes and student."""
+    own = Cost()
+    results = model_aware_stages(settings, corpus, clock.steps(own), stages)
+    cost = clock.stage0.plus(own)
+    for result in results:
+        for part, flops in stage_flops(settings, result).items():
+            cost.flops[part] += flops
+    return results, cost
 
 
-def _seed_of(settings: Settings, method: str, stage: int) -> int:
-    return settings.seed * 1_000_003 + 7919 * stage + 101 * METHODS.index(method)
+def method_rng(settings: Settings, method: str, stage: int) -> np.random.Generator:
+    return rng(settings.seed, "benchmark", stage, method=METHODS.index(method))
 
 
-def static_selections(settings: Settings, run_id: str, methods: list[str], dsir: DsirWeights | None,
-                      reference_domains: set[str]) -> dict[str, list[list[str]]]:
+def static_selections(settings: Settings, corpus: Corpus, methods: list[str], dsir: DsirWeights | None,
+                      reference_domains: set[str], stage0_scores: dict[str, float]) -> dict[str, list[list[str]]]:
     """Per stage and method, from the pool's stage-ordered candidates minus the method's earlier picks."""
-    everything = settings.model_copy(update={"select": settings.select.model_copy(update={"exclude_previous": False})})
+    run_id = corpus.ingested.run_id
     with db.connect(settings.database) as con:
-        centroids = load_centroids(con, run_id)
-        domain_of = {r[0]: r[2] for r in db.rows(con, "pool_documents_metadata", {"run_id": run_id})}
-        orders = [available_documents(con, everything, run_id, s) for s in range(settings.stages)]
-        scores0 = dict(db.rows(con, "stage_scores", {"run_id": run_id, "stage": 0})) if "bandit_static" in methods else {}
+        centroids = store.load_centroids(con, run_id)
+        domain_of = {r.doc_id: r.domain for r in store.documents_metadata(con, run_id)}
+        orders = [store.candidates(con, run_id, s, settings.seed, exclude_previous=False)
+                  for s in range(settings.stages)]
     budget = settings.select.token_budget
     mixtures: dict[str, list[list[str]]] = {m: [] for m in methods}
     for stage, order in enumerate(orders):
         for method in methods:
             taken = {d for mixture in mixtures[method] for d in mixture}
-            cand = [c for c in order if c[0] not in taken and (
-                method != "domain_oracle" or domain_of[c[0]] in reference_domains) and (
-                method != "dsir" or dsir.keep[c[0]])]
-            ids = [c[0] for c in cand]
-            tokens = np.array([c[2] for c in cand], dtype=np.int64)
-            seed = _seed_of(settings, method, stage)
+            keep = [i for i, d in enumerate(order.doc_ids) if d not in taken and (
+                method != "domain_oracle" or domain_of[d] in reference_domains) and (
+                method != "dsir" or dsir.keep[d])]
+            ids = [order.doc_ids[i] for i in keep]
+            tokens, clusters = order.n_tokens[keep], order.cluster_ids[keep]
+            draws = method_rng(settings, method, stage)
             if method in ("random", "domain_oracle"):
-                picked = select_random(tokens, budget, seed=seed)
+                picked = greedy_fill(draws.permutation(len(ids)), tokens, budget)
             elif method == "dsir":  # DSIR's resampling: Gumbel-top-k on the log importance weights
-                keys = np.array([dsir.log_weight[d] for d in ids]) + np.random.default_rng(seed).gumbel(size=len(ids))
+                keys = np.array([dsir.log_weight[d] for d in ids]) + draws.gumbel(size=len(ids))
                 picked = select_topk(keys, tokens, budget, temperature=0.0)
             else:  # bandit_static: the pipeline's bandit with stage 0's influence scores at every stage
-                picked = select_with_bandit(np.array([c[1] for c in cand], dtype=np.int64),
-                                            np.array([scores0[d] for d in ids]), tokens, centroids,
+                picked = select_with_bandit(clusters, np.array([stage0_scores[d] for d in ids]), tokens, centroids,
                                             bandit_config(settings, stage), progress=False).selected
             mixtures[method].append([ids[i] for i in np.asarray(picked, dtype=np.int64)])
     return mixtures
 
 
-def select_for_seed(settings: Settings, run_id: str, methods: list[str], dsir: DsirWeights | None,
-                    reference_domains: set[str], pool_cost: Cost) -> dict[str, Any]:
+def with_selector(settings: Settings, method: str) -> Settings:
+    return settings.model_copy(update={"select": settings.select.model_copy(update={"method": method})})
+
+
+def _facts(results: list[StageResult]) -> list[dict[str, float]]:
+    return [{"proxy_reference_loss": r.checkpoint.reference_loss, "probe_fast_spearman": r.probes.fast_spearman,
+             "influence_heldout_spearman": r.influence.heldout_spearman} for r in results]
+
+
+def select_for_seed(settings: Settings, methods: list[str], dsir: DsirWeights | None, reference_domains: set[str],
+                    pool_cost: Cost, ingested: Ingested, reference: ReferenceSet, embedded: Embedded) -> dict[str, Any]:
     """Every method's per-stage mixtures for `settings.seed`, with what their selection cost.
 
     Costs: `pool_cost` (embedding the pool once) goes to every method that uses the embeddings; clustering
     to the bandit methods; the tokenizer to nobody (every method's training needs it).
     """
     clustering, untracked = Cost(), Cost()
-    _timed(clustering, "cluster", cluster_documents, settings, run_id)
-    _timed(untracked, "tokenizer", train_tokenizer, settings, run_id)
+    clustered = _timed(clustering, "cluster", cluster_documents)(settings, embedded)
+    tokenized = _timed(untracked, "tokenizer", train_tokenizer)(settings, ingested, reference)
+    corpus = Corpus(ingested, reference, embedded, clustered, tokenized)
+    clock = StageClock()
     out: dict[str, Any] = {}
-    stage0 = None
     if "topk_influence" in methods:
-        mixtures, cost, facts, stage0 = trajectory(settings, run_id, topk_selection, stage0)
-        out["topk_influence"] = {"stages": mixtures, "cost": pool_cost.plus(cost), "facts": facts}
-    if "bandit_static" in methods and stage0 is None:
-        stage0 = model_stage(settings, run_id, 0)
+        results, cost = trajectory(with_selector(settings, "topk"), corpus, clock)
+        out["topk_influence"] = {"stages": [r.selection.doc_ids for r in results], "facts": _facts(results),
+                                 "cost": pool_cost.plus(cost)}
+    stage0_scores: dict[str, float] = {}
     static = [m for m in methods if m in ("random", "dsir", "domain_oracle", "bandit_static")]
+    if "bandit_static" in methods:
+        results, stage0_cost = trajectory(settings, corpus, clock, stages=range(1))
+        with db.connect(settings.database, read_only=True) as con:
+            stage0_scores = store.stage_scores(con, ingested.run_id, 0)
+        stage0_cost.seconds.pop("select", None)
     started = time.perf_counter()
-    chosen = static_selections(settings, run_id, static, dsir, reference_domains) if static else {}
+    chosen = static_selections(settings, corpus, static, dsir, reference_domains, stage0_scores) if static else {}
     per_method = (time.perf_counter() - started) / max(len(static), 1)
     for method, mixtures in chosen.items():
         cost = Cost()
@@ -243,21 +272,19 @@ def select_for_seed(settings: Settings, run_id: str, methods: list[str], dsir: D
         if method == "dsir":
             cost.add("dsir_weights", dsir.seconds)
         if method == "bandit_static":
-            cost = pool_cost.plus(clustering, stage0[0], cost)
-        out[method] = {"stages": mixtures, "cost": cost, "facts": [stage0[1]] if method == "bandit_static" else []}
-    if "influmix" in methods:
-        def bandit(s: Settings, r: str, stage: int) -> Selection:
-            return select_stage(s, r, stage, progress=False)
-
-        mixtures, cost, facts, _ = trajectory(settings, run_id, bandit, stage0)
-        out["influmix"] = {"stages": mixtures, "cost": pool_cost.plus(clustering, cost), "facts": facts}
+            cost = pool_cost.plus(clustering, stage0_cost, cost)
+        out[method] = {"stages": mixtures, "cost": cost, "facts": _facts(results) if method == "bandit_static" else []}
+    if "influmix" in methods:  # last, so the run's tables end up holding the product's own mixture
+        results, cost = trajectory(settings, corpus, clock)
+        out["influmix"] = {"stages": [r.selection.doc_ids for r in results], "facts": _facts(results),
+                           "cost": pool_cost.plus(clustering, cost)}
     return {m: {**out[m], "cost": out[m]["cost"].as_dict()} for m in methods}
 
 
 def mixture_facts(settings: Settings, run_id: str, methods: dict[str, Any]) -> dict[str, Any]:
     """Add tokens and documents per stage and the token share of each pool domain to every method's entry."""
     with db.connect(settings.database, read_only=True) as con:
-        meta = {r[0]: (r[2], r[4]) for r in db.rows(con, "pool_documents_metadata", {"run_id": run_id})}
+        meta = {r.doc_id: (r.domain, r.n_tokens) for r in store.documents_metadata(con, run_id)}
     for entry in methods.values():
         by_domain: dict[str, int] = defaultdict(int)
         for mixture in entry["stages"]:

@@ -132,6 +132,8 @@ class DistillSettings(_Section):
 
 
 class SelectSettings(_Section):
+    method: Literal["bandit", "topk"] = Field(
+        "bandit", description="bandit: the cluster bandit over the influence scores; topk: Gumbel-top-k on them")
     token_budget: int = Field(50_000, ge=1, description="tokens per stage's mixture")
     ucb_alpha: float = Field(1.0, ge=0)
     arms_per_round: int = Field(2, ge=1)
@@ -240,6 +242,16 @@ class Settings(_Section):
         if not isinstance(stage, numbers.Integral) or isinstance(stage, bool) or stage < 0:
             raise ConfigError(f"setting `stages`: stage {stage!r} is not a stage number")
         return base / f"stage-{int(stage)}"
+
+
+def flatten_settings(value: Any, prefix: str = "") -> dict[str, str]:
+    """Settings (as `model_dump(mode="json")`) as flat `section.key` -> string: MLflow params, `compare`."""
+    if not isinstance(value, dict):
+        return {prefix: json.dumps(value) if isinstance(value, list) else str(value)}
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        out.update(flatten_settings(item, f"{prefix}.{key}" if prefix else key))
+    return out
 
 
 def check_run_id(run_id: str) -> str:

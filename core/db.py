@@ -14,14 +14,17 @@ import os
 import re
 import sys
 import time
+from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
+
+T = TypeVar("T")
 
 
 @cache
@@ -101,7 +104,33 @@ def run(con: duckdb.DuckDBPyConnection, name: str, params: Sequence[Any] | dict 
 
 
 def rows(con: duckdb.DuckDBPyConnection, name: str, params: Sequence[Any] | dict | None = None) -> list[tuple]:
+    """Plain tuples, for statements with one or two columns read right where they are written; anything
+    read further away goes through `records`, so a reordered SELECT cannot silently swap fields."""
     return run(con, name, params).fetchall()
+
+
+@cache
+def _record_type(columns: tuple[str, ...]) -> type:
+    return namedtuple("Record", columns)
+
+
+def records(con: duckdb.DuckDBPyConnection, name: str, params: Sequence[Any] | dict | None = None,
+            as_type: type[T] | None = None) -> list[T]:
+    """Rows of `sql/<name>.sql` as named rows: fields are the statement's column names, never positions.
+
+    With `as_type` (a NamedTuple or dataclass) every row is built by keyword from its columns, so a column
+    the type does not know, or one it needs and the statement lacks, fails at once with both names.
+    """
+    cursor = run(con, name, params)
+    columns = tuple(d[0] for d in cursor.description)
+    found = cursor.fetchall()
+    if as_type is None:
+        row_type = _record_type(columns)
+        return [row_type._make(r) for r in found]
+    fields = tuple(getattr(as_type, "_fields", None) or getattr(as_type, "__dataclass_fields__", {}))
+    if set(fields) != set(columns):
+        raise TypeError(f"sql/{name}.sql returns columns {columns}, {as_type.__name__} has fields {fields}")
+    return [as_type(**dict(zip(columns, r, strict=True))) for r in found]
 
 
 def arrow(con: duckdb.DuckDBPyConnection, name: str, params: Sequence[Any] | dict | None = None) -> pa.Table:
@@ -128,3 +157,17 @@ def insert_arrow(con: duckdb.DuckDBPyConnection, table_sql: str, batch: pa.Table
         con.execute(sql(table_sql))
     finally:
         con.unregister("batch")
+
+
+@contextlib.contextmanager
+def relation(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
+    """Make an Arrow table visible to statements as the relation `name` while the block runs.
+
+    Why: a long list of ids is bound as a table and joined, instead of being spliced into SQL text or
+    passed as a list parameter that DuckDB scans once per row.
+    """
+    con.register(name, table)
+    try:
+        yield
+    finally:
+        con.unregister(name)

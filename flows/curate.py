@@ -1,48 +1,44 @@
-"""The curation flow: ingest -> embed -> cluster -> per stage (pretrain -> probe -> distil -> select -> write) -> track."""
+"""The curation flow: ingest -> embed -> cluster -> tokenize -> per stage (pretrain -> probe -> distil ->
+select -> write) -> track. Each task returns what it wrote (core/artifacts.py); the next one receives it."""
 
 from __future__ import annotations
 
 from prefect import flow, runtime
 
+from core.artifacts import Corpus, RunResult, run_metrics
 from core.config import load_settings
-from influmix.report import RunResult, StageResult, run_metrics
+from flows.stages import StageSteps, model_aware_stages
 from tasks.cluster import cluster_task
 from tasks.distill import distill_task
 from tasks.embed import embed_task
 from tasks.ingest import ingest_task, reference_task
 from tasks.mixture import write_mixture_task
-from tasks.pretrain import pretrain_task, tokenizer_task
+from tasks.pretrain import pretrain_task
 from tasks.probe import probe_task
 from tasks.publish import publish_task
-from tasks.runs import finish_run_task, mark_run_failed, start_run_task
 from tasks.select import select_task
-from tasks.track import track_task
+from tasks.tokenizer import tokenizer_task
+from tasks.track import finish_run_task, mark_run_failed, start_run_task, track_task
+
+STAGE_TASKS = StageSteps(pretrain_task, probe_task, distill_task, select_task, write_mixture_task)
 
 
 @flow(name="curate", log_prints=True, on_failure=[mark_run_failed])
 def curate(config: str | None = None, overrides: list[str] | None = None) -> RunResult:
     """Curate a pretraining mixture from the configured corpus (TOML/YAML `config` plus `key=value` overrides)."""
     settings = load_settings(config, overrides)
-    flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
-    run_id = start_run_task(settings, flow_run_id)
+    run = start_run_task(settings, str(runtime.flow_run.id) if runtime.flow_run.id else None)
 
-    ingested = ingest_task(settings, run_id)
-    reference_task(settings, run_id)
-    embedded = embed_task(settings, run_id)
-    clustered = cluster_task(settings, run_id)
-    tokenizer = tokenizer_task(settings, run_id)
+    ingested = ingest_task(settings, run.run_id)
+    reference = reference_task(settings, run.run_id)
+    embedded = embed_task(settings, ingested)
+    clustered = cluster_task(settings, embedded)
+    tokenized = tokenizer_task(settings, ingested, reference)
+    corpus = Corpus(ingested, reference, embedded, clustered, tokenized)
+    stages = model_aware_stages(settings, corpus, STAGE_TASKS)
 
-    stages = []
-    for stage in range(settings.stages):
-        checkpoint = pretrain_task(settings, run_id, stage)
-        probes = probe_task(settings, run_id, stage)
-        influence = distill_task(settings, run_id, stage)
-        selection = select_task(settings, run_id, stage)
-        mixture = write_mixture_task(settings, run_id, selection)
-        stages.append(StageResult(checkpoint, probes, influence, selection, mixture))
-
-    metrics, curves = run_metrics(ingested, embedded, clustered, tokenizer, stages)
-    tracked = track_task(settings, run_id, metrics, curves, flow_run_id)
-    publish_task(settings, run_id, tracked, flow_run_id)
-    finish_run_task(settings, run_id, "completed", tracked.mlflow_run_id)
-    return RunResult(run_id, str(settings.database), flow_run_id, tracked, metrics, stages)
+    metrics, curves = run_metrics(corpus, stages)
+    tracked = track_task(settings, run, metrics, curves)
+    publish_task(settings, run, tracked)
+    finish_run_task(settings, run, "completed", tracked.mlflow_run_id)
+    return RunResult(run.run_id, run.database, run.prefect_flow_run_id, tracked, metrics, corpus, stages)

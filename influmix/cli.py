@@ -112,7 +112,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, debug: bool = False) -> N
 @app.command()
 def resume(run_id: str, config: ConfigOpt = None, db: DbOpt = None, debug: bool = False) -> None:
     """Finish a crashed or failed run with its own settings: finished stages are reused, the rest redone."""
-    from tasks.runs import resume_settings_file
+    from influmix.runs import resume_settings_file
 
     path = guarded(lambda: resume_settings_file(database_for(config, db), run_id), debug)
     settings = guarded(lambda: load_settings(path), debug)

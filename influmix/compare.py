@@ -15,9 +15,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from core import db
-from influmix.report import mixture_summary
-from tasks.track import flatten
+from core import db, store
+from core.config import flatten_settings
+from core.store import mixture_summary
 
 
 def load_runs(db_path: Path, run_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -26,9 +26,9 @@ def load_runs(db_path: Path, run_ids: list[str]) -> dict[str, dict[str, Any]]:
     for run_id in run_ids:
         summary = mixture_summary(db_path, run_id)
         with db.connect(db_path, read_only=True) as con:
-            config_json = db.rows(con, "get_run", {"run_id": run_id})[0][2]
-            stats = db.rows(con, "run_selection_stats", {"run_id": run_id})
-        runs[run_id] = {"config": flatten("", json.loads(config_json), {}), "summary": summary, "stats": stats}
+            config_json = store.run_row(con, run_id).config_json
+            stats = db.records(con, "run_selection_stats", {"run_id": run_id})
+        runs[run_id] = {"config": flatten_settings(json.loads(config_json)), "summary": summary, "stats": stats}
     return runs
 
 
@@ -44,7 +44,7 @@ def config_differences(runs: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
 
 def overlaps(db_path: Path, run_ids: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
     with db.connect(db_path, read_only=True) as con:
-        return {(a, b): db.rows(con, "mixture_overlap", {"run_a": a, "run_b": b})[0]
+        return {(a, b): tuple(db.records(con, "mixture_overlap", {"run_a": a, "run_b": b})[0])
                 for a, b in combinations(run_ids, 2)}
 
 
@@ -66,7 +66,7 @@ def share_table(title: str, runs: dict[str, dict[str, Any]], key: str, label: st
 
 def mlflow_compare_hint(db_path: Path, run_ids: list[str], tracking_uri: str | None) -> str:
     with db.connect(db_path, read_only=True) as con:
-        ids = [db.rows(con, "get_run", {"run_id": r})[0][6] for r in run_ids]
+        ids = [store.run_row(con, r).mlflow_run_id for r in run_ids]
     ids = [i for i in ids if i]
     if not ids:
         return "no MLflow runs recorded for these runs"
@@ -89,12 +89,13 @@ def mlflow_compare_url(tracking_uri: str, mlflow_run_ids: list[str]) -> str:
     return url + (f"&experiments={json.dumps(experiments, **compact)}" if experiments else "")
 
 
-def stage_cell(row: tuple | None) -> str:
+def stage_cell(row: Any | None) -> str:
+    """One run's stage in the comparison: a `run_selection_stats` row, or '-' when the run has no such stage."""
     if row is None:
         return "-"
-    _, tokens, budget, n_docs, mean_score, _, ref_loss, clusters = row
-    loss = f", ref loss {ref_loss:.4f}" if ref_loss is not None else ""
-    return f"{tokens:,}/{budget:,} tok, {n_docs:,} docs, score {mean_score:+.3g}, {clusters} clusters{loss}"
+    loss = f", ref loss {row.reference_loss:.4f}" if row.reference_loss is not None else ""
+    return (f"{row.tokens:,}/{row.token_budget:,} tok, {row.n_documents:,} docs, score {row.mean_score:+.3g}, "
+            f"{row.clusters_used} clusters{loss}")
 
 
 def print_comparison(db_path: Path, run_ids: list[str], tracking_uri: str | None, console: Console) -> None:
@@ -114,9 +115,9 @@ def print_comparison(db_path: Path, run_ids: list[str], tracking_uri: str | None
     s.add_column("stage")
     for run_id in run_ids:
         s.add_column(run_id, justify="right")
-    stages = sorted({row[0] for r in runs.values() for row in r["stats"]})
+    stages = sorted({row.stage for r in runs.values() for row in r["stats"]})
     for stage in stages:
-        rows = [next((x for x in runs[r]["stats"] if x[0] == stage), None) for r in run_ids]
+        rows = [next((x for x in runs[r]["stats"] if x.stage == stage), None) for r in run_ids]
         s.add_row(str(stage), *(stage_cell(row) for row in rows))
     console.print(s)
     console.print(share_table("last-stage token share by domain", runs, "by_domain", "domain"))

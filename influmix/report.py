@@ -1,43 +1,18 @@
-"""What a person reads at the end: a run's summary from DuckDB, as data and as rich tables.
+"""What a person reads at the end: a run's mixture summary (core/store.py) as rich tables, and the report card.
 
-Used by `influmix show RUN_ID`, by the demo's final report card, and by the MLflow tracking stage.
+Used by `influmix show RUN_ID` and by `influmix run` / `make demo` after the flow.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from core import db
-
-
-def mixture_summary(db_path: Path, run_id: str) -> dict[str, Any]:
-    """Run header plus, for every stage, the mixture's tokens and its composition by domain and cluster."""
-    with db.connect(db_path, read_only=True) as con:
-        header = db.rows(con, "get_run", {"run_id": run_id})
-        if not header:
-            raise LookupError(f"no run {run_id!r} in {db_path}")
-        run_id_, config_hash, _, status, started, finished, mlflow_run_id, flow_run_id, *_ = header[0]
-        stages = []
-        for stage, _, budget, tokens, n_docs, created in db.rows(con, "mixture_headers", {"run_id": run_id}):
-            params = {"run_id": run_id, "stage": stage}
-            stages.append({
-                "stage": stage, "token_budget": budget, "tokens": tokens, "documents": n_docs,
-                "created_at": str(created),
-                "by_domain": [dict(zip(("domain", "documents", "tokens", "share"), r))
-                              for r in db.rows(con, "mixture_by_domain", params)],
-                "by_cluster": [dict(zip(("cluster", "documents", "tokens", "share", "mean_score", "cluster_size"), r))
-                               for r in db.rows(con, "mixture_by_cluster", params)],
-            })
-        pool = [dict(zip(("domain", "documents", "tokens", "share"), r))
-                for r in db.rows(con, "pool_by_domain", {"run_id": run_id})]
-    return {"run_id": run_id_, "status": status, "config_hash": config_hash, "started_at": str(started),
-            "finished_at": str(finished), "mlflow_run_id": mlflow_run_id, "prefect_flow_run_id": flow_run_id,
-            "pool_by_domain": pool, "stages": stages}
+from core.artifacts import RunResult
+from core.store import mixture_summary
 
 
 def _share(x: float | None) -> str:
@@ -81,44 +56,6 @@ def report_card(facts: dict[str, Any]) -> Table:
     for key, value in facts.items():
         t.add_row(key, f"{value:,.4g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
     return t
-
-
-@dataclass
-class StageResult:
-    """What one pretraining stage produced, as returned by its tasks."""
-
-    checkpoint: Any
-    probes: Any
-    influence: Any
-    selection: Any
-    mixture: dict
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    database: str
-    prefect_flow_run_id: str | None
-    tracked: Any
-    metrics: dict[str, float]
-    stages: list[StageResult] = field(default_factory=list)
-
-
-def run_metrics(ingested, embedded, clustered, tokenizer, stages: list[StageResult]) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Final metrics (one value) and curves (a value per step: per stage, per training step)."""
-    metrics: dict[str, float] = {}
-    for part in (ingested, embedded, clustered, tokenizer):
-        metrics.update(part.as_metrics())
-    curves: dict[str, list[float]] = {"train_loss": []}
-    for result in stages:
-        curves["train_loss"].extend(result.checkpoint.losses)
-        for part in (result.checkpoint, result.probes, result.influence, result.selection):
-            for key, value in part.as_metrics().items():
-                curves.setdefault(key, []).append(float(value))
-    for key, values in curves.items():
-        if key != "train_loss" and values:
-            metrics[f"final_{key}"] = values[-1]
-    return metrics, curves
 
 
 def run_facts(result: RunResult, seconds: float) -> dict[str, Any]:

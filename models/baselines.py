@@ -22,7 +22,7 @@ def _mask(n: int, available: np.ndarray | None) -> np.ndarray:
     return mask
 
 
-def _greedy_fill(order: np.ndarray, tokens: np.ndarray, budget: int) -> np.ndarray:
+def greedy_fill(order: np.ndarray, tokens: np.ndarray, budget: int) -> np.ndarray:
     """Walk `order`, taking each doc that still fits; stop early once nothing left can fit."""
     if len(order) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -47,7 +47,7 @@ def select_random(
     tokens = np.asarray(tokens).astype(np.int64).reshape(-1)
     candidates = np.flatnonzero(_mask(len(tokens), available))
     order = np.random.default_rng(seed).permutation(candidates)
-    return _greedy_fill(order, tokens, int(budget))
+    return greedy_fill(order, tokens, int(budget))
 
 
 def select_topk(
@@ -72,4 +72,4 @@ def select_topk(
     z = standardise_scores(scores, mask)[candidates]
     keys = gumbel_keys(z, temperature, np.random.default_rng(seed))
     order = candidates[np.argsort(-keys, kind="stable")]
-    return _greedy_fill(order, tokens, int(budget))
+    return greedy_fill(order, tokens, int(budget))

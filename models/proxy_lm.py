@@ -7,10 +7,12 @@ must be cheap to step and to evaluate; presets go from a CPU-sized "tiny" model 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 
@@ -119,6 +121,17 @@ def pack_sequences(token_lists: list[list[int]], seq_len: int, eos_id: int) -> t
     n_tokens = n_rows * seq_len
     rows = torch.tensor(stream[:n_tokens], dtype=torch.long).view(n_rows, seq_len)
     return rows, n_tokens
+
+
+def save_token_rows(path: str | Path, rows: torch.Tensor) -> None:
+    """Packed token rows ([n, seq_len] int64) as safetensors: data only, nothing unpickled on load."""
+    save_file({"rows": rows.to(torch.long).contiguous()}, str(path))
+
+
+def load_token_rows(path: str | Path, limit: int | None = None) -> torch.Tensor:
+    """The first `limit` (all if None) rows saved by `save_token_rows`."""
+    rows = load_file(str(path))["rows"]
+    return rows if limit is None else rows[:limit]
 
 
 def document_tensor(token_ids: list[int], seq_len: int, eos_id: int) -> torch.Tensor:

@@ -1,19 +1,22 @@
 """The influence model as an MLflow pyfunc, logged as "model from code".
 
-MLflow stores this file and the model's safetensors (plus, for the token model, its tokenizer), never a
-pickle: loading it runs this code and reads the weights. Input: document embeddings (n x d float32) from
-the run's embedding model for the embedding head; texts (a list, or a frame with a `text` column) for the
-token model (`distill.features = "tokens"`). Output: scores in probe units.
+MLflow stores this file, the `models` package (code_paths) and the student's folder (safetensors + JSON,
+plus the tokenizer for the token student), never a pickle: loading it runs this code and reads the
+weights through `models.students.load_student`, whichever student it is. Input: texts (a list, or a frame
+with a `text` column) for students that read text; document embeddings (n x d float32, from the run's
+embedding model) for the embedding head. Output: scores in probe units.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
 
-def _texts(model_input) -> list[str]:
+def _texts(model_input: Any) -> list[str]:
     if hasattr(model_input, "columns"):
         column = model_input["text"] if "text" in model_input.columns else model_input.iloc[:, 0]
         return [str(t) for t in column.tolist()]
@@ -21,32 +24,17 @@ def _texts(model_input) -> list[str]:
 
 
 class InfluenceScorer(PythonModel):
-    def load_context(self, context) -> None:
-        from pathlib import Path
+    def load_context(self, context: Any) -> None:
+        from models.students import load_student
 
-        from models.token_influence import TOKENIZER_FILE, is_token_model, load_token_model
+        self.student = load_student(context.artifacts["influence_model"])
 
-        directory = context.artifacts["influence_head"]
-        self.token_model = load_token_model(directory) if is_token_model(directory) else None
-        if self.token_model is not None:
-            from models.tokenizer import load_tokenizer
+    def predict(self, context, model_input, params=None):
+        from models.students import StudentInputs
 
-            self.tokenizer = load_tokenizer(Path(directory) / TOKENIZER_FILE)
-        else:
-            from models.influence import load_head
-
-            self.head = load_head(directory)
-
-    def predict(self, context, model_input, params=None) -> np.ndarray:
-        if self.token_model is not None:
-            from models.proxy_lm import probe_inputs
-            from models.token_influence import predict_tokens
-
-            ids = probe_inputs(self.tokenizer, _texts(model_input), self.token_model.seq_len)
-            return predict_tokens(self.token_model, ids)
-        from models.influence import predict
-
-        return predict(self.head, np.asarray(model_input, dtype=np.float32))
+        if self.student.reads == "text":
+            return self.student.score(StudentInputs(texts=_texts(model_input)))
+        return self.student.score(StudentInputs(embeddings=np.asarray(model_input, dtype=np.float32)))
 
 
 mlflow.models.set_model(InfluenceScorer())

@@ -17,6 +17,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.utilities.hashing import hash_objects
 
 from core import db
+from core.artifacts import Run
 from core.config import Settings
 
 # Settings each corpus-level stage reads; per-stage tasks depend on the whole (mixture-shaping) config.
@@ -69,6 +70,11 @@ def settings_payload(settings: Settings, task_name: str) -> str:
 RUN_LOCAL_INPUTS = frozenset({"settings", "prefect_flow_run_id", "flow_run_id"})
 
 
+def attempt_free(value: Any) -> Any:
+    """An input as far as it shapes the result: a `Run` counts by its run id, not its Prefect flow run."""
+    return value.run_id if isinstance(value, Run) else value
+
+
 @dataclass
 class StageCache(CachePolicy):
     """Cache key = run id + the stage's settings + input files + database identity + other inputs."""
@@ -82,7 +88,7 @@ class StageCache(CachePolicy):
         if instance is None or fingerprint == [None]:
             return None
         name = task_ctx.task.name
-        others = {k: v for k, v in inputs.items() if k not in RUN_LOCAL_INPUTS}
+        others = {k: attempt_free(v) for k, v in inputs.items() if k not in RUN_LOCAL_INPUTS}
         return hash_objects(name, settings_payload(settings, name), fingerprint, instance, others)
 
 

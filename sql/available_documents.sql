@@ -1,13 +1,10 @@
--- Documents a stage may still pick: clustered, and (when exclude_previous) not in an earlier stage's mixture.
--- Ordered round-robin across clusters by a seeded hash, so any prefix is a cluster-stratified sample.
+-- The documents a stage may probe or select: every clustered document of the run, minus (with
+-- $exclude_previous) those already in an earlier stage's mixture. In doc_id order; core/store.py puts
+-- them in the seeded cluster-stratified order (so the order never depends on DuckDB's hash function).
 SELECT a.doc_id, a.cluster_id, d.n_tokens
-FROM (
-    SELECT doc_id, cluster_id,
-           row_number() OVER (PARTITION BY cluster_id ORDER BY hash(doc_id || $seed), doc_id) AS rank_in_cluster
-    FROM cluster_assignments
-    WHERE run_id = $run_id
-      AND NOT ($exclude_previous AND doc_id IN (
-          SELECT doc_id FROM mixture_members WHERE run_id = $run_id AND stage < $stage))
-) a
-JOIN documents d ON d.run_id = $run_id AND d.doc_id = a.doc_id
-ORDER BY a.rank_in_cluster, hash(a.doc_id || $seed), a.doc_id;
+FROM cluster_assignments a
+JOIN documents d ON d.run_id = a.run_id AND d.doc_id = a.doc_id
+WHERE a.run_id = $run_id
+  AND NOT ($exclude_previous AND a.doc_id IN (
+      SELECT doc_id FROM mixture_members WHERE run_id = $run_id AND stage < $stage))
+ORDER BY a.doc_id;

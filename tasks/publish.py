@@ -13,12 +13,12 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from core import store
+from core.artifacts import Run, Tracked
 from core.config import Settings
-from influmix.report import mixture_summary
-from tasks.track import TrackInfo
 
 
-def mlflow_run_url(settings: Settings, tracked: TrackInfo) -> str:
+def mlflow_run_url(settings: Settings, tracked: Tracked) -> str:
     """The MLflow UI page of the run: the tracking server itself, else the served UI over the same store."""
     base = tracked.tracking_uri if tracked.tracking_uri.startswith("http") else \
         f"http://{settings.serve.host}:{settings.serve.mlflow_port}"
@@ -55,10 +55,11 @@ def tag_flow_run(flow_run_id: str, tags: list[str]) -> None:
         client.update_flow_run(flow_run_id, tags=sorted(set(flow_run.tags) | set(tags)))
 
 
-def publish_run(settings: Settings, run_id: str, tracked: TrackInfo, flow_run_id: str | None) -> str:
+def publish_run(settings: Settings, run: Run, tracked: Tracked) -> str:
     """Create the artifacts and tags; returns the MLflow run URL they point at."""
+    run_id, flow_run_id = run.run_id, run.prefect_flow_run_id
     url = mlflow_run_url(settings, tracked)
-    summary = mixture_summary(settings.database, run_id)
+    summary = store.mixture_summary(settings.database, run_id)
     create_markdown_artifact(markdown=mixture_markdown(summary, url), key=artifact_key(run_id, "mixture"),
                              description=f"influmix mixture composition of {run_id}")
     create_link_artifact(link=url, link_text=f"MLflow run {tracked.mlflow_run_id}", key=artifact_key(run_id, "mlflow"),

@@ -1,78 +1,87 @@
-"""Select a stage's mixture with the Quad-style cluster bandit over the influence scores.
+"""Select a stage's mixture from the influence scores with the configured selector (`select.method`).
 
-Clusters are arms; pulling one samples a few of its documents and rewards it with their influence;
-rewards spill over to clusters with nearby centroids. The bandit stops at the token budget.
+* `bandit` (default): the Quad-style cluster bandit (models/bandit.py): clusters are arms; pulling one
+  samples a few of its documents and rewards it with their influence; rewards spill over to clusters with
+  nearby centroids; it stops at the token budget.
+* `topk`: MATES's Gumbel-top-k on the scores (temperature `select.temperature`), no clusters.
+
+Selectors are registered by name in `SELECTORS`; the benchmark and the flow use the same ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from prefect import task
 
-from core import db
+from core import db, store
+from core.artifacts import Clustered, Influence, Selection
 from core.config import Settings
 from core.faults import failpoint
-from models.bandit import BanditConfig, select_with_bandit
+from core.seeds import int_seed
+from models.bandit import select_with_bandit
+from models.baselines import select_topk
+from runtime.configs import bandit_config
 from runtime.policies import STAGE_CACHE
-from tasks.cluster import load_centroids
-from tasks.probe import available_documents
 
 
 @dataclass
-class Selection:
-    stage: int
-    token_budget: int
-    doc_ids: list[str]
-    cluster_ids: list[int]
-    scores: list[float]
-    rounds: list[int]
-    tokens: int
-    n_rounds: int
+class Picked:
+    """What a selector chose: indices into the candidates in selection order, and its trace."""
+
+    indices: np.ndarray
+    rounds_of: np.ndarray  # the round each pick was taken in
+    rounds: list[dict[str, Any]]  # one row per bandit pull (empty for selectors without rounds)
     exhausted: bool
 
-    def as_metrics(self) -> dict[str, float]:
-        return {"selected_documents": len(self.doc_ids), "selected_tokens": self.tokens,
-                "token_budget": self.token_budget, "budget_fill": self.tokens / self.token_budget,
-                "bandit_rounds": self.n_rounds, "bandit_pool_exhausted": float(self.exhausted)}
 
-
-def bandit_config(settings: Settings, stage: int) -> BanditConfig:
-    s = settings.select
-    return BanditConfig(token_budget=s.token_budget, ucb_alpha=s.ucb_alpha, arms_per_round=s.arms_per_round,
-                        sample_per_arm=s.sample_per_arm, exploit_batch=s.exploit_batch,
-                        reward_threshold=s.reward_threshold, share_distance=s.share_distance,
-                        temperature=s.temperature, seed=settings.seed + 7919 * stage)
-
-
-def select_stage(settings: Settings, run_id: str, stage: int, progress: bool = True) -> Selection:
-    with db.connect(settings.database) as con:
-        candidates = available_documents(con, settings, run_id, stage)
-        score_of = dict(db.rows(con, "stage_scores", {"run_id": run_id, "stage": stage}))
-        centroids = load_centroids(con, run_id)
-    doc_ids = [c[0] for c in candidates]
-    cluster_ids = np.array([c[1] for c in candidates], dtype=np.int64)
-    tokens = np.array([c[2] for c in candidates], dtype=np.int64)
-    scores = np.array([score_of[d] for d in doc_ids], dtype=np.float64)
-    result = select_with_bandit(cluster_ids, scores, tokens, centroids, bandit_config(settings, stage),
+def bandit_selector(settings: Settings, stage: int, pool: store.Candidates, scores: np.ndarray,
+                    centroids: np.ndarray, progress: bool) -> Picked:
+    result = select_with_bandit(pool.cluster_ids, scores, pool.n_tokens, centroids, bandit_config(settings, stage),
                                 progress=progress)
-    rounds = result.rounds
+    return Picked(result.selected, result.selected_round, result.rounds, bool(result.exhausted))
+
+
+def topk_selector(settings: Settings, stage: int, pool: store.Candidates, scores: np.ndarray,
+                  centroids: np.ndarray, progress: bool) -> Picked:
+    picked = select_topk(scores, pool.n_tokens, settings.select.token_budget, settings.select.temperature,
+                         seed=int_seed(settings.seed, "select", stage))
+    return Picked(picked, np.zeros(len(picked), dtype=np.int64), [], False)
+
+
+Selector = Callable[[Settings, int, store.Candidates, np.ndarray, np.ndarray, bool], Picked]
+SELECTORS: dict[str, Selector] = {"bandit": bandit_selector, "topk": topk_selector}
+
+
+def select_stage(settings: Settings, influence: Influence, clustered: Clustered, progress: bool = True) -> Selection:
+    """Choose the stage's mixture from `influence`'s scores over the documents still available."""
+    run_id, stage, method = influence.run_id, influence.stage, settings.select.method
+    with db.connect(settings.database) as con:
+        pool = store.candidates(con, run_id, stage, settings.seed, settings.select.exclude_previous)
+        score_of = store.stage_scores(con, run_id, stage)
+        centroids = store.load_centroids(con, clustered.run_id)
+    scores = np.array([score_of[d] for d in pool.doc_ids], dtype=np.float64)
+    picked = SELECTORS[method](settings, stage, pool, scores, centroids, progress)
     with db.connect(settings.database) as con, db.transaction(con):
         db.run(con, "delete_bandit_rounds", {"run_id": run_id, "stage": stage})
-        if rounds:
-            columns = {key: [r[key] for r in rounds] for key in rounds[0]}
+        if picked.rounds:
+            columns = {key: [r[key] for r in picked.rounds] for key in picked.rounds[0]}
             db.insert_arrow(con, "insert_bandit_rounds", pa.table(
-                {"run_id": [run_id] * len(rounds), "stage": [stage] * len(rounds), **columns}))
+                {"run_id": [run_id] * len(picked.rounds), "stage": [stage] * len(picked.rounds), **columns}))
         failpoint("select.rounds")
-    picked = [int(i) for i in result.selected]
+    chosen = [int(i) for i in picked.indices]
     return Selection(
-        stage=stage, token_budget=settings.select.token_budget,
-        doc_ids=[doc_ids[i] for i in picked], cluster_ids=[int(cluster_ids[i]) for i in picked],
-        scores=[float(scores[i]) for i in picked], rounds=[int(r) for r in result.selected_round],
-        tokens=int(result.tokens_total), n_rounds=len({r["round"] for r in rounds}), exhausted=bool(result.exhausted)
+        run_id=run_id, stage=stage, token_budget=settings.select.token_budget,
+        doc_ids=[pool.doc_ids[i] for i in chosen], cluster_ids=[int(pool.cluster_ids[i]) for i in chosen],
+        scores=[float(scores[i]) for i in chosen], rounds=[int(r) for r in picked.rounds_of],
+        tokens=int(pool.n_tokens[chosen].sum()) if chosen else 0,
+        n_rounds=len({r["round"] for r in picked.rounds}), exhausted=picked.exhausted, selector=method,
     )
 
 
-select_task = task(select_stage, name="select", task_run_name="select[stage={stage}]", cache_policy=STAGE_CACHE, persist_result=True)
+select_task = task(select_stage, name="select", task_run_name="select[stage={influence.stage}]",
+                   cache_policy=STAGE_CACHE, persist_result=True)

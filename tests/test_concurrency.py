@@ -3,6 +3,7 @@ readers never see half a mixture."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def test_concurrent_writers_and_a_reader_keep_every_mixture_whole(tmp_path, e2e_
     database = tmp_path / "copy.duckdb"
     shutil.copy(settings.database, database)
     client = [sys.executable, "-m", "tests.concurrent_client"]
-    procs = [subprocess.Popen([*client, "write", str(database), result.run_id, str(100 + k), "6", str(k)],
+    barrier = tmp_path / "barrier"
+    procs = [subprocess.Popen([*client, "write", str(database), result.run_id, str(100 + k), "6", str(k), str(barrier)],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k in range(2)]
     procs.append(subprocess.Popen([*client, "read", str(database), result.run_id, "12"], cwd=REPO,
@@ -48,6 +50,12 @@ def test_concurrent_writers_and_a_reader_keep_every_mixture_whole(tmp_path, e2e_
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-2000:]
     assert "checked" in outputs[-1][0]
+    writes = sorted((float(start), float(end), k) for k in range(2)
+                    for _, start, end in (line.split() for line in outputs[k][0].splitlines() if line.startswith("wrote")))
+    assert len(writes) == 12
+    writers_in_time_order = [k for _, _, k in writes]
+    switches = sum(a != b for a, b in itertools.pairwise(writers_in_time_order))
+    assert switches >= 2, writers_in_time_order  # A..B..A: the writers' transactions interleaved, not one after the other
     con = duckdb.connect(str(database), read_only=True)
     try:
         rows = con.execute("SELECT m.stage, m.n_documents, count(*) FROM mixtures m JOIN mixture_members mm "

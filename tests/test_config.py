@@ -94,11 +94,12 @@ def test_inconsistent_values_name_the_setting(overrides, named):
 
 
 def test_k_larger_than_the_corpus_names_cluster_k(tmp_path):
+    from core.artifacts import Embedded
     from tasks.cluster import cluster_documents
 
     settings = load_settings(None, [f'run_dir="{tmp_path}"', "cluster.k=8"])
     with pytest.raises(ConfigError, match=r"^setting `cluster.k`: 8 clusters .* only 0 documents") as info:
-        cluster_documents(settings, "empty-run")
+        cluster_documents(settings, Embedded("empty-run", "all-MiniLM-L6-v2", 384, 0, 0.0, 0.0))
     assert "\n" not in str(info.value)
 
 

@@ -156,6 +156,7 @@ def test_tracking_server_down_at_start_fails_before_any_work(tmp_path, run_env):
 
 
 def test_tracking_server_lost_mid_run_keeps_every_result(e2e_run, monkeypatch):
+    from core.artifacts import Run
     from core.preflight import TrackingUnavailable
     from tasks.track import track_run
 
@@ -166,7 +167,7 @@ def test_tracking_server_lost_mid_run_keeps_every_result(e2e_run, monkeypatch):
     before = mixture(settings.database, result.run_id)
     tracking_env = os.environ.get("MLFLOW_TRACKING_URI")
     with pytest.raises(TrackingUnavailable, match=f"influmix resume {result.run_id}"):
-        track_run(gone, result.run_id, {"x": 1.0}, {})
+        track_run(gone, Run(result.run_id, str(settings.database), str(settings.run_dir)), {"x": 1.0}, {})
     assert mixture(settings.database, result.run_id) == before
     # the dead server does not become the process's default store for the runs that follow
     assert os.environ.get("MLFLOW_TRACKING_URI") == tracking_env

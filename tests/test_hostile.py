@@ -27,9 +27,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from core.artifacts import Ingested
 from core.config import ConfigError, Settings, load_settings
 from influmix.cli import app
-from tasks.ingest import IngestError, IngestStats, clean_record, ingest_corpus, repeats
+from tasks.ingest import IngestError, clean_record, ingest_corpus, repeats
 from tasks.ingest.readers import RawRecord
 
 N_REPEATS = 1_000_000
@@ -108,7 +109,7 @@ def query(settings: Settings, sql: str, params: list | dict | None = None) -> li
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory) -> tuple[Settings, IngestStats, Path, dict[str, int]]:
+def hostile(tmp_path_factory) -> tuple[Settings, Ingested, Path, dict[str, int]]:
     root = tmp_path_factory.mktemp("hostile")
     facts = build_corpus(root / "corpus")
     settings = settings_for(root / "runs", root / "corpus")
@@ -252,12 +253,13 @@ def test_source_mistakes_are_one_line_from_the_cli(tmp_path, case, message):
 def test_a_setting_found_wrong_mid_run_loses_its_prefect_traceback(tmp_path):
     """`cluster.k` above the corpus size is only found by the cluster stage; Prefect logs the task's failure
     with a traceback, which `quiet_user_tracebacks` (for user errors only) drops, so one line remains."""
+    from core.artifacts import Embedded
     from influmix.quiet import DropUserTracebacks, quiet_user_tracebacks
     from tasks.cluster import cluster_documents
 
     settings = load_settings(None, [f'run_dir="{tmp_path}"', "cluster.k=8"])
     with pytest.raises(ConfigError) as info:
-        cluster_documents(settings, "tiny-corpus")
+        cluster_documents(settings, Embedded("tiny-corpus", "all-MiniLM-L6-v2", 384, 0, 0.0, 0.0))
     logger, stream = logging.getLogger("prefect.task_runs"), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:  # only our handler: Prefect's would ship logs to an API
         patch.setattr(logger, "handlers", [logging.StreamHandler(stream)])
@@ -313,7 +315,7 @@ def _tables(settings: Settings, run_id: str) -> tuple[list, ...]:
         con.close()
 
 
-def _ingest(settings: Settings, run_id: str) -> IngestStats | None:
+def _ingest(settings: Settings, run_id: str) -> Ingested | None:
     try:
         return ingest_corpus(settings, run_id, progress=False)
     except IngestError as exc:

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from core.artifacts import Ingested
 from core.config import Settings, SourceSettings, load_settings
 from tasks.ingest import (
     IngestError,
-    IngestStats,
     ingest_corpus,
     ingest_task,
     load_reference,
@@ -63,7 +63,7 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory) -> tuple[Settings, IngestStats]:
+def sample_run(tmp_path_factory) -> tuple[Settings, Ingested]:
     settings = make_settings(
         tmp_path_factory.mktemp("sample"), [{"path": str(CORPUS)}, {"path": str(BROKEN)}]
     )
@@ -297,8 +297,8 @@ def test_record_rules_min_max_ids_and_caps(tmp_path):
 
 def test_load_reference(tmp_path):
     settings = make_settings(tmp_path, [{"path": str(CORPUS)}])
-    assert load_reference(settings, "ref") == 150
-    assert load_reference(settings, "ref") == 150  # re-run replaces
+    assert load_reference(settings, "ref").documents == 150
+    assert load_reference(settings, "ref").documents == 150  # re-run replaces
     assert query(settings, "SELECT count(*), count(DISTINCT domain) FROM reference_documents")[0] == (150, 2)
     small = load_settings(
         None,
@@ -308,7 +308,7 @@ def test_load_reference(tmp_path):
             f"reference.sources=[{{path='{BROKEN}'}}]",
         ],
     )
-    assert load_reference(small, "small") == 4  # broken.jsonl: only 4 usable, distinct records
+    assert load_reference(small, "small").documents == 4  # broken.jsonl: only 4 usable, distinct records
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}, {"body": "x"}])
     bad = load_settings(None, overrides=[f"run_dir='{tmp_path}'", f"reference.sources=[{{path='{empty}'}}]"])
     with pytest.raises(IngestError, match="no usable reference"):

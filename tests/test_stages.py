@@ -18,7 +18,7 @@ def run_copy(e2e_run, tmp_path):
     settings, result = e2e_run
     copy = tmp_path / "runs"
     shutil.copytree(settings.run_dir, copy)
-    return load_settings(None, [*tiny_overrides(copy)]), result.run_id
+    return load_settings(None, [*tiny_overrides(copy)]), result
 
 
 def test_packaged_embedder_loads_by_path_like_any_user_model():
@@ -42,43 +42,43 @@ def test_unknown_embedding_model_is_a_config_error(tmp_path):
 def test_more_clusters_than_documents_names_the_setting(run_copy):
     from tasks.cluster import cluster_documents
 
-    settings, run_id = run_copy
+    settings, result = run_copy
     settings.cluster.k = 100_000
     with pytest.raises(ConfigError, match="cluster.k"):
-        cluster_documents(settings, run_id)
+        cluster_documents(settings, result.corpus.embedded)
 
 
 def test_embeddings_are_unit_norm_and_cover_every_document(run_copy):
-    from core import db
-    from tasks.embed import load_embeddings
+    from core import db, store
 
-    settings, run_id = run_copy
+    settings, result = run_copy
     with db.connect(settings.database) as con:
-        doc_ids, X = load_embeddings(con, run_id)
-        (n_docs,) = db.rows(con, "count_documents", {"run_id": run_id})[0]
+        doc_ids, X = store.load_embeddings(con, result.run_id)
+        n_docs = store.count_documents(con, result.run_id)
     assert len(doc_ids) == n_docs == X.shape[0] and X.shape[1] == 384
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-4)
 
 
 def test_token_counts_are_exact_under_the_proxy_tokenizer(run_copy):
     from models.tokenizer import count_tokens, load_tokenizer
-    from tasks.pretrain import tokenizer_path
 
-    settings, run_id = run_copy
+    settings, result = run_copy
     con = duckdb.connect(str(settings.database), read_only=True)
-    rows = con.execute("SELECT text, n_tokens FROM documents WHERE run_id = ? ORDER BY doc_id LIMIT 50", [run_id]).fetchall()
+    rows = con.execute("SELECT text, n_tokens FROM documents WHERE run_id = ? ORDER BY doc_id LIMIT 50",
+                       [result.run_id]).fetchall()
     con.close()
-    tokenizer = load_tokenizer(tokenizer_path(settings, run_id))
+    tokenizer = load_tokenizer(result.corpus.tokenized.tokenizer_path)
     assert count_tokens(tokenizer, [r[0] for r in rows]) == [r[1] for r in rows]
 
 
 def test_finetuned_encoder_distillation_scores_every_document(run_copy):
     from tasks.distill import distill_stage
 
-    settings, run_id = run_copy
+    settings, result = run_copy
+    run_id = result.run_id
     settings.distill.finetune_encoder = True
     settings.distill.epochs = 1
-    stats = distill_stage(settings, run_id, 0)
+    stats = distill_stage(settings, result.stages[0].probes, result.corpus.tokenized, result.corpus.embedded)
     assert stats.student == "finetuned" and np.isfinite(stats.heldout_spearman)
     con = duckdb.connect(str(settings.database), read_only=True)
     scored, finite = con.execute(
@@ -94,10 +94,11 @@ def test_reselecting_a_stage_replaces_its_mixture(run_copy):
     from tasks.mixture import write_mixture
     from tasks.select import select_stage
 
-    settings, run_id = run_copy
+    settings, result = run_copy
+    run_id = result.run_id
     settings.select.token_budget = 2_000
-    selection = select_stage(settings, run_id, 1, progress=False)
-    write_mixture(settings, run_id, selection)
+    selection = select_stage(settings, result.stages[1].influence, result.corpus.clustered, progress=False)
+    write_mixture(settings, selection)
     con = duckdb.connect(str(settings.database), read_only=True)
     tokens, n_docs = con.execute("SELECT tokens, n_documents FROM mixtures WHERE run_id = ? AND stage = 1", [run_id]).fetchone()
     (members,) = con.execute("SELECT count(*) FROM mixture_members WHERE run_id = ? AND stage = 1", [run_id]).fetchone()
@@ -106,34 +107,37 @@ def test_reselecting_a_stage_replaces_its_mixture(run_copy):
 
 
 def test_write_mixture_refuses_a_broken_selection(run_copy):
+    from core.artifacts import Selection
     from tasks.mixture import write_mixture
-    from tasks.select import Selection
 
-    settings, run_id = run_copy
-    twice = Selection(0, 100, ["a", "a"], [0, 0], [0.1, 0.2], [0, 0], 10, 1, False)
+    settings, result = run_copy
+    common = {"run_id": result.run_id, "stage": 0, "token_budget": 100, "n_rounds": 1, "exhausted": False}
+    twice = Selection(**common, doc_ids=["a", "a"], cluster_ids=[0, 0], scores=[0.1, 0.2], rounds=[0, 0], tokens=10)
     with pytest.raises(ValueError, match="twice"):
-        write_mixture(settings, run_id, twice)
-    over = Selection(0, 100, ["a"], [0], [0.1], [0], 101, 1, False)
+        write_mixture(settings, twice)
+    over = Selection(**common, doc_ids=["a"], cluster_ids=[0], scores=[0.1], rounds=[0], tokens=101)
     with pytest.raises(ValueError, match="exceeds"):
-        write_mixture(settings, run_id, over)
+        write_mixture(settings, over)
 
 
 def test_export_rejects_unknown_format(run_copy, tmp_path):
     from tasks.mixture import export_mixture
 
-    settings, run_id = run_copy
+    settings, result = run_copy
     with pytest.raises(ValueError, match="parquet"):
-        export_mixture(settings.database, run_id, 0, tmp_path / "mix.csv")
+        export_mixture(settings.database, result.run_id, 0, tmp_path / "mix.csv")
 
 
 def test_distillation_with_history_fits_on_earlier_stages_probes_too(run_copy):
-    from core import db
+    from core import db, store
+    from core.seeds import rng
     from tasks.distill import distill_stage, training_rows, with_history
 
-    settings, run_id = run_copy
+    settings, result = run_copy
+    run_id = result.run_id
     with db.connect(settings.database, read_only=True) as con:
-        probes = db.rows(con, "load_probes", {"run_id": run_id, "stage": 1})
-        fit, val, _ = training_rows(probes, "fast", settings.distill.val_fraction, settings.seed + 1)
+        probes = store.stage_probes(con, run_id, 1)
+        fit, val, _ = training_rows(probes, "fast", settings.distill.val_fraction, rng(settings.seed, "distill", 1))
         assert with_history(con, settings, run_id, 1, fit, val) == (fit, val)  # history_stages = 0: untouched
         settings.distill.history_stages = 1
         pooled_fit, pooled_val = with_history(con, settings, run_id, 1, fit, val)
@@ -143,7 +147,7 @@ def test_distillation_with_history_fits_on_earlier_stages_probes_too(run_copy):
     assert [d for d, _ in pooled_fit[:len(fit)]] == [d for d, _ in fit]
     stage0 = np.array([y for _, y in pooled_fit[len(fit):]])
     assert abs(stage0.mean()) < 1e-9 and abs(stage0.std() - 1) < 1e-9  # z-scored on its own
-    stats = distill_stage(settings, run_id, 1)
+    stats = distill_stage(settings, result.stages[1].probes, result.corpus.tokenized, result.corpus.embedded)
     assert stats.train_probes == len(pooled_fit) + len(pooled_val) and np.isfinite(stats.heldout_spearman)
 
 
@@ -156,12 +160,12 @@ def test_token_distillation_scores_every_document_and_registers_a_text_model(run
     from models.token_influence import load_token_model, predict_tokens
     from models.tokenizer import load_tokenizer
     from tasks.distill import distill_stage
-    from tasks.pretrain import tokenizer_path
     from tasks.track import log_influence_model
 
-    settings, run_id = run_copy
+    settings, result = run_copy
+    run_id = result.run_id
     settings.distill.features = "tokens"
-    stats = distill_stage(settings, run_id, 1)
+    stats = distill_stage(settings, result.stages[1].probes, result.corpus.tokenized, result.corpus.embedded)
     assert stats.student == "tokens" and np.isfinite(stats.heldout_spearman)
     model_dir = settings.stage_dir(run_id, 1) / "influence"
     assert not (model_dir / "influence_head.safetensors").exists()  # the earlier head's files were replaced
@@ -172,13 +176,14 @@ def test_token_distillation_scores_every_document_and_registers_a_text_model(run
     con.close()
     assert len(rows) == docs and np.isfinite([r[2] for r in rows]).all()
     model = load_token_model(model_dir)
-    ids = probe_inputs(load_tokenizer(tokenizer_path(settings, run_id)), [r[1] for r in rows[:40]], settings.proxy.seq_len)
+    ids = probe_inputs(load_tokenizer(result.corpus.tokenized.tokenizer_path), [r[1] for r in rows[:40]],
+                       settings.proxy.seq_len)
     np.testing.assert_allclose(predict_tokens(model, ids), [r[2] for r in rows[:40]], rtol=1e-6)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with tracking_scope(uri):
-        mlflow.set_experiment("token-model")
-        with mlflow.start_run():
+        experiment = mlflow.create_experiment("token-model", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
             version = log_influence_model(mlflow, settings, run_id, 1)
         scorer = mlflow.pyfunc.load_model(f"models:/{settings.track.registered_model}@{settings.track.model_alias}")
     assert version is not None

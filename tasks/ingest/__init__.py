@@ -27,11 +27,9 @@ set, else the record's `domain_field`, else "unknown".
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,6 +37,7 @@ from prefect import task
 from tqdm.auto import tqdm
 
 from core import db
+from core.artifacts import Ingested, ReferenceSet
 from core.config import Settings, SourceSettings
 from core.faults import failpoint
 from core.sources import IngestError, resolve_paths
@@ -49,54 +48,16 @@ from tasks.ingest.readers import iter_source
 from tasks.ingest.records import BadRecord, Item
 from tasks.ingest.repeats import OutcomeCache
 
-__all__ = [
-    "CleanDoc",
-    "IngestError",
-    "IngestStats",
-    "clean_record",
-    "content_hash",
-    "ingest_corpus",
-    "load_reference",
-]
+__all__ = ["CleanDoc", "IngestError", "clean_record", "content_hash", "ingest_corpus", "load_reference"]
 
 log = logging.getLogger(__name__)
 
-_METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 # Quarantine and duplicate rows are small (<1 KB), and DuckDB inserts cost ~half as much per row in batches
 # of 20k as of 2k: only documents (up to max_chars each) are held to `ingest.batch_size`.
 SMALL_ROW_BATCH = 20_000
 
 
-@dataclass
-class IngestStats:
-    records_read: int = 0
-    documents: int = 0
-    exact_duplicates: int = 0
-    near_duplicates: int = 0
-    quarantined: int = 0
-    quarantine_by_reason: dict[str, int] = field(default_factory=dict)
-    by_domain: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def as_metrics(self) -> dict[str, float]:
-        """Flat float metrics (MLflow-safe keys): totals, `quarantine.<reason>`, `domain.<name>`."""
-        metrics = {
-            "records_read": float(self.records_read),
-            "documents": float(self.documents),
-            "exact_duplicates": float(self.exact_duplicates),
-            "near_duplicates": float(self.near_duplicates),
-            "quarantined": float(self.quarantined),
-            "seconds": float(self.seconds),
-        }
-        for reason, n in sorted(self.quarantine_by_reason.items()):
-            metrics[f"quarantine.{_METRIC_UNSAFE.sub('_', reason)}"] = float(n)
-        for domain, n in sorted(self.by_domain.items()):
-            key = f"domain.{_METRIC_UNSAFE.sub('_', domain)}"
-            metrics[key] = metrics.get(key, 0.0) + float(n)
-        return metrics
-
-
-def _no_documents(stats: IngestStats, reasons: Counter[str], examples: dict[str, BadRecord], run_id: str,
+def _no_documents(stats: Ingested, reasons: Counter[str], examples: dict[str, BadRecord], run_id: str,
                   database: Path) -> IngestError:
     """The one-line error for a corpus in which nothing survived: what happened to the records instead."""
     if not stats.records_read:
@@ -156,11 +117,11 @@ def _records(
             yield source, item
 
 
-def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> IngestStats:
+def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ingested:
     """Read `settings.ingest.sources` into `documents` / `quarantine` / `duplicates` for `run_id`."""
     cfg = settings.ingest
     sources = _sources(cfg.sources, "ingest")
-    stats = IngestStats()
+    stats = Ingested(run_id)
     reasons: Counter[str] = Counter()
     examples: dict[str, BadRecord] = {}  # the first quarantined item per reason, for the error below
     domains: Counter[str] = Counter()
@@ -260,8 +221,8 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
     return stats
 
 
-def load_reference(settings: Settings, run_id: str) -> int:
-    """Write up to `reference.max_documents` usable reference documents for `run_id`; returns how many.
+def load_reference(settings: Settings, run_id: str) -> ReferenceSet:
+    """Write up to `reference.max_documents` usable reference documents for `run_id`.
 
     Same readers and cleaning as ingest; bad records, repeated ids and repeated texts are skipped (counted
     in the log). Raises IngestError when no usable reference document is found.
@@ -298,7 +259,7 @@ def load_reference(settings: Settings, run_id: str) -> int:
         refs.flush()
     if skipped:
         log.warning("reference %s: skipped %d bad records %s", run_id, sum(skipped.values()), dict(skipped))
-    return written
+    return ReferenceSet(run_id, written)
 
 
 ingest_task = task(ingest_corpus, name="ingest", cache_policy=STAGE_CACHE, persist_result=True,

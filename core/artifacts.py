@@ -1,0 +1,304 @@
+"""The stage contracts: what each stage wrote, as a small typed record the flow passes to the next stage.
+
+Every stage writes its results to DuckDB (and, for models, to files under the run's folder) and returns one
+of these: which run and stage, which tables and paths it wrote, and the counts a person or a metric needs.
+The next stage receives it as an argument, so the data between stages is visible in `flows/curate.py`,
+the stage cache keys on it, and no stage has to rebuild another stage's paths or import its module.
+
+The records are plain dataclasses (picklable: Prefect persists them as task results for resume).
+`as_metrics()` gives flat float metrics with MLflow-safe names for tracking.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+_METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def metric_key(name: str) -> str:
+    """A free-form name (a domain, a quarantine reason) as an MLflow-safe metric key fragment."""
+    return _METRIC_UNSAFE.sub("_", name)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A registered run: the `runs` row exists and the run's folder is made."""
+
+    run_id: str
+    database: str
+    run_dir: str
+    prefect_flow_run_id: str | None = None
+    TABLES: ClassVar[tuple[str, ...]] = ("runs",)
+
+
+@dataclass
+class Ingested:
+    """The pool: clean, deduplicated documents, with what was dropped and why."""
+
+    run_id: str
+    records_read: int = 0
+    documents: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    quarantined: int = 0
+    quarantine_by_reason: dict[str, int] = field(default_factory=dict)
+    by_domain: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    TABLES: ClassVar[tuple[str, ...]] = ("documents", "quarantine", "duplicates")
+
+    def as_metrics(self) -> dict[str, float]:
+        """Totals, `quarantine.<reason>` and `domain.<name>` (documents kept per domain)."""
+        metrics = {"records_read": float(self.records_read), "documents": float(self.documents),
+                   "exact_duplicates": float(self.exact_duplicates), "near_duplicates": float(self.near_duplicates),
+                   "quarantined": float(self.quarantined), "seconds": float(self.seconds)}
+        for reason, n in sorted(self.quarantine_by_reason.items()):
+            metrics[f"quarantine.{metric_key(reason)}"] = float(n)
+        for domain, n in sorted(self.by_domain.items()):
+            key = f"domain.{metric_key(domain)}"
+            metrics[key] = metrics.get(key, 0.0) + float(n)
+        return metrics
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The reference (target) documents the proxy's reference loss and the probes are measured on."""
+
+    run_id: str
+    documents: int
+    TABLES: ClassVar[tuple[str, ...]] = ("reference_documents",)
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"reference_documents": float(self.documents)}
+
+
+@dataclass(frozen=True)
+class Embedded:
+    run_id: str
+    model: str
+    dim: int
+    documents: int
+    seconds: float
+    docs_per_s: float
+    TABLES: ClassVar[tuple[str, ...]] = ("embeddings",)
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"embed_documents": self.documents, "embed_dim": self.dim, "embed_docs_per_s": self.docs_per_s}
+
+
+@dataclass(frozen=True)
+class Clustered:
+    """k-means over the embeddings: the clusters are the selector's arms."""
+
+    run_id: str
+    k: int
+    documents: int
+    inertia: float
+    smallest: int
+    largest: int
+    seconds: float
+    TABLES: ClassVar[tuple[str, ...]] = ("clusters", "cluster_assignments")
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"clusters": self.k, "cluster_inertia": self.inertia, "cluster_smallest": self.smallest,
+                "cluster_largest": self.largest}
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """The proxy's BPE tokenizer (a file), every document's exact token count (`documents.n_tokens`), and
+    the reference packed into `reference_rows` rows of `proxy.seq_len` tokens (a safetensors file)."""
+
+    run_id: str
+    tokenizer_path: str
+    reference_path: str
+    reference_rows: int
+    vocab_size: int
+    corpus_tokens: int
+    TABLES: ClassVar[tuple[str, ...]] = ("documents",)
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"tokenizer_vocab_size": self.vocab_size, "corpus_tokens": self.corpus_tokens}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A pretrained proxy-LM stage: weights and optimizer state on disk, its losses and speed."""
+
+    run_id: str
+    stage: int
+    path: str
+    n_params: int
+    train_tokens: int
+    steps: int
+    final_train_loss: float
+    reference_loss: float
+    tokens_per_s: float
+    losses: list[float]
+    flops_per_token: float = 0.0
+    model_flops_per_s: float = 0.0
+    mfu: float | None = None
+    TABLES: ClassVar[tuple[str, ...]] = ("checkpoints",)
+
+    def as_metrics(self) -> dict[str, float]:
+        metrics = {"train_tokens": self.train_tokens, "final_train_loss": self.final_train_loss,
+                   "reference_loss": self.reference_loss, "train_tokens_per_s": self.tokens_per_s,
+                   "train_model_flops_per_s": self.model_flops_per_s}
+        if self.mfu is not None:
+            metrics["train_mfu"] = self.mfu
+        return metrics
+
+
+@dataclass(frozen=True)
+class Probes:
+    """A stage's oracle probes (`probes` rows): exact ones, fast ones, and how well they agree."""
+
+    run_id: str
+    stage: int
+    probes: int
+    fast_probes: int
+    exact_mean: float
+    exact_std: float
+    fast_spearman: float | None
+    exact_seconds_per_probe: float
+    fast_seconds_per_probe: float | None
+    TABLES: ClassVar[tuple[str, ...]] = ("probes",)
+
+    def as_metrics(self) -> dict[str, float]:
+        metrics = {"probes": self.probes, "fast_probes": self.fast_probes, "probe_exact_mean": self.exact_mean,
+                   "probe_exact_std": self.exact_std, "probe_exact_s": self.exact_seconds_per_probe,
+                   "exact_probes_per_s": 1.0 / max(self.exact_seconds_per_probe, 1e-12)}
+        if self.fast_spearman is not None:
+            metrics["probe_fast_spearman"] = self.fast_spearman
+            metrics["probe_fast_s"] = self.fast_seconds_per_probe or 0.0
+            metrics["fast_probes_per_s"] = 1.0 / max(self.fast_seconds_per_probe or 0.0, 1e-12)
+        return metrics
+
+
+@dataclass(frozen=True)
+class Influence:
+    """A stage's distilled influence model (a folder) and its score for every document."""
+
+    run_id: str
+    stage: int
+    train_probes: int
+    heldout_probes: int
+    heldout_spearman: float
+    heldout_pearson: float
+    scored_documents: int
+    model_dir: str
+    student: str  # a name in models.students.STUDENTS
+    seconds: float
+    TABLES: ClassVar[tuple[str, ...]] = ("influence_scores",)
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"influence_heldout_spearman": self.heldout_spearman, "influence_heldout_pearson": self.heldout_pearson,
+                "influence_train_probes": self.train_probes, "influence_scored_documents": self.scored_documents}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A stage's chosen documents, in selection order, with the selector's trace in `bandit_rounds`."""
+
+    run_id: str
+    stage: int
+    token_budget: int
+    doc_ids: list[str]
+    cluster_ids: list[int]
+    scores: list[float]
+    rounds: list[int]
+    tokens: int
+    n_rounds: int
+    exhausted: bool
+    selector: str = "bandit"
+    TABLES: ClassVar[tuple[str, ...]] = ("bandit_rounds",)
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"selected_documents": len(self.doc_ids), "selected_tokens": self.tokens,
+                "token_budget": self.token_budget, "budget_fill": self.tokens / self.token_budget,
+                "bandit_rounds": self.n_rounds, "bandit_pool_exhausted": float(self.exhausted)}
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A stage's mixture as written: its header in `mixtures`, its members in `mixture_members`."""
+
+    run_id: str
+    stage: int
+    documents: int
+    tokens: int
+    token_budget: int
+    TABLES: ClassVar[tuple[str, ...]] = ("mixtures", "mixture_members")
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """Where the run is tracked in MLflow, and the registered influence model's version."""
+
+    mlflow_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    registered_model: str
+    model_version: str | None
+
+
+@dataclass
+class StageResult:
+    """What one model-aware stage produced, in the order its stages ran."""
+
+    checkpoint: Checkpoint
+    probes: Probes
+    influence: Influence
+    selection: Selection
+    mixture: Mixture
+
+    def parts(self) -> tuple[Any, ...]:
+        return (self.checkpoint, self.probes, self.influence, self.selection)
+
+
+@dataclass
+class Corpus:
+    """The corpus-level stages' artifacts, which every model-aware stage builds on."""
+
+    ingested: Ingested
+    reference: ReferenceSet
+    embedded: Embedded
+    clustered: Clustered
+    tokenized: Tokenized
+
+    def parts(self) -> tuple[Any, ...]:
+        return (self.ingested, self.reference, self.embedded, self.clustered, self.tokenized)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    database: str
+    prefect_flow_run_id: str | None
+    tracked: Tracked | None
+    metrics: dict[str, float]
+    corpus: Corpus | None = None
+    stages: list[StageResult] = field(default_factory=list)
+
+
+def run_metrics(corpus: Corpus, stages: list[StageResult]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Final metrics (one value each) and curves (one value per step: per stage, or per training step).
+
+    A per-stage metric's final value is its last stage's, as `final_<name>`; `train_loss` is the curve over
+    every training step.
+    """
+    metrics: dict[str, float] = {}
+    for part in corpus.parts():
+        metrics.update(part.as_metrics())
+    curves: dict[str, list[float]] = {"train_loss": []}
+    for result in stages:
+        curves["train_loss"].extend(result.checkpoint.losses)
+        for part in result.parts():
+            for key, value in part.as_metrics().items():
+                curves.setdefault(key, []).append(float(value))
+    for key, values in curves.items():
+        if key != "train_loss" and values:
+            metrics[f"final_{key}"] = values[-1]
+    return metrics, curves
