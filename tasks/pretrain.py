@@ -7,12 +7,16 @@ probes that follow see the model the selected data produced (model-aware selecti
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
 import torch
 from prefect import task
+from tokenizers import Tokenizer
 
 from core import db
 from core.config import Settings
@@ -35,7 +39,6 @@ from models.trainer import (
     train,
 )
 from runtime.policies import STAGE_CACHE
-from tasks.embed import iter_document_pages
 
 
 @dataclass
@@ -43,9 +46,16 @@ class TokenizerStats:
     path: str
     vocab_size: int
     corpus_tokens: int
+    reused: bool = False
+    """The tokenizer came from `tokenizers` (an earlier run trained on the same sample) instead of training."""
+    counts_reused: int = 0
+    """Documents whose token count was in `token_counts` already."""
+    counts_new: int = 0
 
     def as_metrics(self) -> dict[str, float]:
-        return {"tokenizer_vocab_size": self.vocab_size, "corpus_tokens": self.corpus_tokens}
+        return {"tokenizer_vocab_size": self.vocab_size, "corpus_tokens": self.corpus_tokens,
+                "tokenizer_reused": int(self.reused), "token_counts_reused": self.counts_reused,
+                "token_counts_new": self.counts_new}
 
 
 @dataclass
@@ -76,24 +86,75 @@ def tokenizer_path(settings: Settings, run_id: str) -> Path:
     return settings.stage_dir(run_id) / "tokenizer.json"
 
 
+TOKENIZER_RECIPE = "byte-level BPE, all 256 bytes, EOS id 0"
+"""Part of a tokenizer's cache key: change it whenever `train_bpe_tokenizer` changes what it trains."""
+
+
+def tokenizer_sample_key(sample: list[str], vocab_size: int) -> str:
+    """What a trained tokenizer is a function of: the sample's exact texts in order, the vocabulary size,
+    the recipe and the tokenizers version (BPE training is deterministic for a given input)."""
+    digest = hashlib.sha256(json.dumps([TOKENIZER_RECIPE, vocab_size, metadata.version("tokenizers")]).encode())
+    for text in sample:
+        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
+    return digest.hexdigest()
+
+
+def cached_tokenizer(con, sample: list[str], vocab_size: int, path: Path) -> tuple[Tokenizer, str, bool]:
+    """(tokenizer, sha256 of its file, reused): the tokenizer an earlier run trained on this very sample,
+    else a new one, stored by sample key. Either way its file is written to `path`."""
+    key = tokenizer_sample_key(sample, vocab_size)
+    stored = db.rows(con, "get_tokenizer", {"sample_key": key})
+    if stored:
+        tokenizer_hash, text = stored[0]
+    else:
+        save_tokenizer(train_bpe_tokenizer(sample, vocab_size), path)
+        text = path.read_text(encoding="utf-8")
+        tokenizer_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        db.run(con, "insert_tokenizer", {"sample_key": key, "tokenizer_hash": tokenizer_hash, "tokenizer_json": text})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return Tokenizer.from_str(text), tokenizer_hash, bool(stored)
+
+
+def count_new_tokens(con, run_id: str, tokenizer: Tokenizer, tokenizer_hash: str) -> int:
+    """Count the tokens of the run's documents whose exact text has no count under this tokenizer yet, add
+    them to `token_counts`, and return how many were counted.
+
+    One streamed query (a keyset page per call would rehash every remaining text per page); the small
+    (text_hash, n_tokens) results are inserted once the stream is read, as DuckDB cannot write on a
+    connection while it streams.
+    """
+    hashes, counts = [], []
+    for batch in db.arrow_reader(con, "documents_to_count", {"run_id": run_id, "tokenizer_hash": tokenizer_hash},
+                                 batch_rows=2_000):
+        hashes.append(batch.column("text_hash"))
+        counts.append(pa.array(count_tokens(tokenizer, batch.column("text").to_pylist()), pa.int32()))
+    new = sum(len(c) for c in counts)
+    if new:
+        db.insert_arrow(con, "insert_token_counts", pa.table({
+            "text_hash": pa.concat_arrays(hashes), "tokenizer_hash": pa.array([tokenizer_hash] * new),
+            "n_tokens": pa.concat_arrays(counts)}))
+    return new
+
+
 def train_tokenizer(settings: Settings, run_id: str) -> TokenizerStats:
-    """Train the proxy BPE on a sample of the pool and record every document's exact token count."""
+    """Train the proxy BPE on a sample of the pool and record every document's exact token count.
+
+    Both are content-addressed: a run whose tokenizer sample some earlier run trained on gets that run's
+    tokenizer (byte-identical file), and token counts are looked up by (exact text, tokenizer file hash),
+    so only documents no earlier run counted under this tokenizer are tokenized.
+    """
     cfg = settings.proxy
     path = tokenizer_path(settings, run_id)
     with db.connect(settings.database) as con:
         sample = [r[0] for r in db.rows(con, "tokenizer_sample",
                                         {"run_id": run_id, "seed": str(settings.seed), "limit": cfg.tokenizer_max_docs})]
-        tokenizer = train_bpe_tokenizer(sample, cfg.vocab_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_tokenizer(tokenizer, path)
-        total = 0
         with db.transaction(con):
-            for doc_ids, texts in iter_document_pages(con, run_id, page_size=2_000):
-                counts = count_tokens(tokenizer, texts)
-                total += sum(counts)
-                db.insert_arrow(con, "update_token_counts", pa.table(
-                    {"run_id": [run_id] * len(doc_ids), "doc_id": doc_ids, "n_tokens": pa.array(counts, pa.int32())}))
-    return TokenizerStats(str(path), tokenizer.get_vocab_size(), total)
+            tokenizer, tokenizer_hash, reused = cached_tokenizer(con, sample, cfg.vocab_size, path)
+            new = count_new_tokens(con, run_id, tokenizer, tokenizer_hash)
+            db.run(con, "update_token_counts_from_cache", {"run_id": run_id, "tokenizer_hash": tokenizer_hash})
+        documents, total = db.rows(con, "run_token_total", {"run_id": run_id})[0]
+    return TokenizerStats(str(path), tokenizer.get_vocab_size(), int(total or 0), reused, documents - new, new)
 
 
 def reference_tensor(settings: Settings, run_id: str, tokenizer) -> torch.Tensor:
