@@ -285,19 +285,7 @@ def pages_to_embed(con, run_id: str, key: str, size: int) -> Iterator[pa.Table]:
     length-sorted stream hold little padding; keyset pages over a (length, id) order would rescan the
     table per page.
     """
-    reader = db.arrow_reader(con, "documents_to_embed", {"run_id": run_id, "model_key": key}, batch_rows=size)
-    pending: list[pa.RecordBatch] = []
-    rows = 0
-    for batch in reader:
-        pending.append(batch)
-        rows += batch.num_rows
-        while rows >= size:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, size)
-            rest = table.slice(size)
-            pending, rows = rest.to_batches(), rest.num_rows
-    if rows:
-        yield pa.Table.from_batches(pending)
+    return db.arrow_pages(con, "documents_to_embed", {"run_id": run_id, "model_key": key}, size)
 
 
 @contextmanager
