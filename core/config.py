@@ -18,6 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+STATIC_EMBED_MODELS = {"minilm-static": "all-MiniLM-L6-v2"}
+"""`embed.model` names of static models distilled locally (tasks/embed.py), and the transformer each is
+distilled from; `embed.model = "static:<model>"` distils one from any other sentence-transformers model."""
+STATIC_EMBED_PREFIX = "static:"
 # A run id names a folder influmix writes under (run_dir, shard_dir): no separators, no leading dot.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -68,7 +72,8 @@ class ReferenceSettings(_Section):
 
 
 class EmbedSettings(_Section):
-    model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers id or local path")
+    model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers id or local path; 'minilm-static' (or "
+                                                      "'static:<model>') distils a static model from it, ~100x faster on CPU")
     batch_size: int = Field(32, ge=1)
     max_seq_length: int = Field(128, ge=8)
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N | mps")
@@ -217,6 +222,10 @@ class Settings(_Section):
         """Values that are each fine but make no sense together; the message names the one to change."""
         if self.distill.labels == "fast" and not self.probe.fast:
             raise ValueError("setting `distill.labels`: 'fast' needs probe.fast = true")
+        if self.distill.finetune_encoder and (self.embed.model in STATIC_EMBED_MODELS
+                                              or self.embed.model.startswith(STATIC_EMBED_PREFIX)):
+            raise ValueError(f"setting `distill.finetune_encoder`: embed.model = {self.embed.model!r} is a static "
+                             "model, which has no encoder to fine-tune")
         if self.distill.reference_prior > 0 and self.distill.features != "tokens":
             raise ValueError("setting `distill.reference_prior`: the prior is a per-token weight, so it needs "
                              "distill.features = 'tokens'")

@@ -47,7 +47,7 @@ from models.tokenizer import load_tokenizer
 from models.trainer import resolve_device
 from runtime import shards
 from runtime.policies import STAGE_CACHE
-from tasks.embed import embedding_matrix, iter_document_pages, load_embedder, load_embeddings
+from tasks.embed import embedding_matrix, is_static_model, iter_document_pages, load_embedder, load_embeddings
 from tasks.pretrain import tokenizer_path
 
 
@@ -78,7 +78,8 @@ def influence_config(settings: Settings) -> InfluenceConfig:
     d = settings.distill
     return InfluenceConfig(hidden_dim=d.hidden_dim, epochs=d.epochs, lr=d.lr, weight_decay=d.weight_decay,
                            ranking_weight=d.ranking_weight, patience=d.patience, seed=settings.seed,
-                           finetune_encoder=finetune_by_default(d.finetune_encoder, settings.embed.device),
+                           finetune_encoder=finetune_by_default(d.finetune_encoder, settings.embed.device)
+                           and not is_static_model(settings.embed.model),  # a static model has no encoder to tune
                            max_seq_length=settings.embed.max_seq_length,
                            device=resolve_device(settings.embed.device))
 

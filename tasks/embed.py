@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from core import db
-from core.config import EmbedSettings, Settings
+from core.config import STATIC_EMBED_MODELS, STATIC_EMBED_PREFIX, EmbedSettings, Settings
 from core.faults import failpoint
 from models.influence_encoder import embedding_dim
 from models.static_embedder import StaticEncoder, distilled_folder, folder_fingerprint, is_static_folder
@@ -42,10 +42,6 @@ from runtime import shards
 from runtime.policies import STAGE_CACHE
 
 PACKAGED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-STATIC_MODELS = {"minilm-static": "all-MiniLM-L6-v2"}
-"""`embed.model` names of static models distilled here, and the transformer each is distilled from."""
-STATIC_PREFIX = "static:"
-"""`embed.model = "static:<model>"` distils a static model from any sentence-transformers model."""
 PAGE_BATCHES = 4
 """Batches per `encode` call, and the unit shards are cut in. `encode` sorts a page by length before
 batching (less padding), so a transformer's embedding of a document depends on the page it is in; pages
@@ -89,9 +85,14 @@ class Embedder:
 
 def static_source(model: str) -> str | None:
     """The transformer a static `embed.model` is distilled from; None for every other model."""
-    if model in STATIC_MODELS:
-        return STATIC_MODELS[model]
-    return model.removeprefix(STATIC_PREFIX) if model.startswith(STATIC_PREFIX) else None
+    if model in STATIC_EMBED_MODELS:
+        return STATIC_EMBED_MODELS[model]
+    return model.removeprefix(STATIC_EMBED_PREFIX) if model.startswith(STATIC_EMBED_PREFIX) else None
+
+
+def is_static_model(model: str) -> bool:
+    """True for `embed.model` values that load a StaticEncoder: static names and model2vec folders."""
+    return static_source(model) is not None or is_static_folder(Path(model).expanduser())
 
 
 def cache_root() -> Path:
@@ -160,10 +161,8 @@ def _slug(model: str) -> str:
 def load_embedder(model: str, device: str = "auto", max_seq_length: int | None = None):
     """An encoder for `model`: a StaticEncoder for static models, else a SentenceTransformer (the packaged
     MiniLM for its names, else a hub id or path)."""
-    if static_source(model) is not None:
+    if is_static_model(model):
         return StaticEncoder(resolve_embedder(EmbedSettings(model=model)).location, max_seq_length)
-    if is_static_folder(Path(model).expanduser()):
-        return StaticEncoder(Path(model).expanduser(), max_seq_length)
     from sentence_transformers import SentenceTransformer
 
     folder = model_folder(model) if model in PACKAGED_MODELS else None
