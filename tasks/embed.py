@@ -9,7 +9,9 @@ safetensors only (a pickled pytorch_model.bin is refused: loading a pickle runs 
 
 Embeddings are content-addressed: `embedding_cache` keeps one vector per (document `content_hash`,
 `embedding_key`), and the key hashes the model's files and the settings that change vectors, so a run on
-documents some earlier run embedded (any run id, same model and settings) embeds only the new ones.
+documents some earlier run embedded (any run id, same model and settings) embeds only the new ones. A
+static model's vector depends on the document alone; a transformer's also, by rounding only, on the
+padding of the batch it was embedded in, so a reused vector is the one the first run computed.
 """
 
 from __future__ import annotations
