@@ -79,7 +79,7 @@ class Embedder:
     """`embed.model` resolved on the driver: what the shard workers load, and the cache key of its vectors."""
 
     location: str
-    """A local model folder; a hub id only while it is not in the local Hugging Face cache."""
+    """What the workers load: a static model's folder, else `embed.model` itself."""
     static: bool
     key: str | None
     """`embedding_key`; None when the model's files cannot be read (then nothing is reused or cached)."""
@@ -101,7 +101,8 @@ def cache_root() -> Path:
     """Distilled models: $INFLUMIX_CACHE_DIR, else $XDG_CACHE_HOME/influmix, else ~/.cache/influmix.
 
     Why a user cache and not the run folder: a distilled model depends only on its source model, so every
-    run folder, benchmark and test on the machine shares one distillation.
+    run folder, benchmark and test on the machine shares one distillation. Shard workers load the folder
+    the driver distilled into, so on a multi-node Ray cluster it must be storage every node can read.
     """
     if os.environ.get("INFLUMIX_CACHE_DIR"):
         return Path(os.environ["INFLUMIX_CACHE_DIR"]).expanduser()
@@ -153,7 +154,9 @@ def resolve_embedder(cfg: EmbedSettings) -> Embedder:
     if folder is None:
         return Embedder(cfg.model, False, None)
     static = is_static_folder(folder)
-    return Embedder(str(folder), static, embedding_key(folder, static, cfg.max_seq_length))
+    # a transformer is loaded by its name in each worker, as before: on a multi-node cluster the packaged
+    # model's folder may lie elsewhere; a static model's folder is the driver's cache (see `cache_root`)
+    return Embedder(str(folder) if static else cfg.model, static, embedding_key(folder, static, cfg.max_seq_length))
 
 
 def _slug(model: str) -> str:
