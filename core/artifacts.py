@@ -82,10 +82,13 @@ class Embedded:
     documents: int
     seconds: float
     docs_per_s: float
-    TABLES: ClassVar[tuple[str, ...]] = ("embeddings",)
+    reused: int = 0  # documents whose vector was in `embedding_cache` already (embedded by an earlier run)
+    embedded: int = 0  # documents this run embedded: `documents - reused`
+    TABLES: ClassVar[tuple[str, ...]] = ("embeddings", "embedding_cache")
 
     def as_metrics(self) -> dict[str, float]:
-        return {"embed_documents": self.documents, "embed_dim": self.dim, "embed_docs_per_s": self.docs_per_s}
+        return {"embed_documents": self.documents, "embed_dim": self.dim, "embed_docs_per_s": self.docs_per_s,
+                "embed_reused": self.reused, "embed_new": self.embedded}
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,15 @@ class Tokenized:
     reference_rows: int
     vocab_size: int
     corpus_tokens: int
-    TABLES: ClassVar[tuple[str, ...]] = ("documents",)
+    reused: bool = False  # the tokenizer an earlier run trained on the same sample
+    counts_reused: int = 0  # documents whose token count was already in `token_counts`
+    counts_new: int = 0
+    TABLES: ClassVar[tuple[str, ...]] = ("documents", "tokenizers", "token_counts")
 
     def as_metrics(self) -> dict[str, float]:
-        return {"tokenizer_vocab_size": self.vocab_size, "corpus_tokens": self.corpus_tokens}
+        return {"tokenizer_vocab_size": self.vocab_size, "corpus_tokens": self.corpus_tokens,
+                "tokenizer_reused": int(self.reused), "token_counts_reused": self.counts_reused,
+                "token_counts_new": self.counts_new}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+STATIC_EMBED_MODELS = {"minilm-static": "all-MiniLM-L6-v2"}
+"""`embed.model` names of static models distilled locally (tasks/embed.py), and the transformer each is
+distilled from; `embed.model = "static:<model>"` distils one from any other sentence-transformers model."""
+STATIC_EMBED_PREFIX = "static:"
+
+
+def is_static_embed_name(model: str) -> bool:
+    """`embed.model` names a static model to distil (a model2vec folder given by path is found at load time)."""
+    return model in STATIC_EMBED_MODELS or model.startswith(STATIC_EMBED_PREFIX)
+
 # A run id names a folder influmix writes under (run_dir, shard_dir): no separators, no leading dot.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -68,7 +78,8 @@ class ReferenceSettings(_Section):
 
 
 class EmbedSettings(_Section):
-    model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers id or local path")
+    model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers id or local path; 'minilm-static' (or "
+                                                      "'static:<model>') distils a static model from it, ~100x faster on CPU")
     batch_size: int = Field(32, ge=1)
     max_seq_length: int = Field(128, ge=8)
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N | mps")
@@ -219,6 +230,9 @@ class Settings(_Section):
         """Values that are each fine but make no sense together; the message names the one to change."""
         if self.distill.labels == "fast" and not self.probe.fast:
             raise ValueError("setting `distill.labels`: 'fast' needs probe.fast = true")
+        if self.distill.finetune_encoder and is_static_embed_name(self.embed.model):
+            raise ValueError(f"setting `distill.finetune_encoder`: embed.model = {self.embed.model!r} is a static "
+                             "model, which has no encoder to fine-tune")
         if self.distill.reference_prior > 0 and self.distill.features != "tokens":
             raise ValueError("setting `distill.reference_prior`: the prior is a per-token weight, so it needs "
                              "distill.features = 'tokens'")

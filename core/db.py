@@ -144,6 +144,27 @@ def arrow_reader(con: duckdb.DuckDBPyConnection, name: str, params: Sequence[Any
     return con.sql(sql(name), params=params or None).to_arrow_reader(batch_rows)
 
 
+def arrow_pages(con: duckdb.DuckDBPyConnection, name: str, params: Sequence[Any] | dict | None,
+                rows: int) -> Iterator[pa.Table]:
+    """Result of `sql/<name>.sql` streamed in tables of exactly `rows` rows (the last one shorter).
+
+    Why not the reader's own batches: stages cut work at page boundaries (shards, BLAS chunks) and need
+    them to fall at the same rows on every run, whatever batch sizes DuckDB chooses to hand out.
+    """
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in arrow_reader(con, name, params, batch_rows=rows):
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending)
+
+
 def insert_arrow(con: duckdb.DuckDBPyConnection, table_sql: str, batch: pa.Table) -> None:
     """Bulk-insert an Arrow table through a `sql/` statement that reads from the relation `batch`.
 

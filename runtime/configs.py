@@ -6,7 +6,7 @@ setting means the same thing wherever it is read, and every seed comes from `cor
 
 from __future__ import annotations
 
-from core.config import Settings
+from core.config import Settings, is_static_embed_name
 from core.seeds import int_seed
 from models.bandit import BanditConfig
 from models.influence import InfluenceConfig
@@ -32,10 +32,13 @@ def probe_config(settings: Settings) -> ProbeConfig:
                        beta2=p.beta2, grad_clip=p.grad_clip)
 
 
-def finetune_by_default(choice: bool | None, device: str) -> bool:
+def finetune_by_default(choice: bool | None, device: str, embed_model: str = "") -> bool:
     """Fine-tuning beat the frozen head in benchmarks/influence_study.py (0.31 vs 0.19 held-out Spearman, one
-    split); it costs minutes per stage on a CPU, so the default fine-tunes on a GPU only."""
-    return choice if choice is not None else resolve_device(device).startswith("cuda")
+    split); it costs minutes per stage on a CPU, so the default fine-tunes on a GPU only, and never a static
+    embedding model (it has no encoder to tune; an explicit request is refused by the settings)."""
+    if choice is not None:
+        return choice
+    return resolve_device(device).startswith("cuda") and not is_static_embed_name(embed_model)
 
 
 def influence_config(settings: Settings, stage: int) -> InfluenceConfig:
@@ -43,7 +46,8 @@ def influence_config(settings: Settings, stage: int) -> InfluenceConfig:
     return InfluenceConfig(hidden_dim=d.hidden_dim, epochs=d.epochs, lr=d.lr, weight_decay=d.weight_decay,
                            ranking_weight=d.ranking_weight, patience=d.patience,
                            seed=int_seed(settings.seed, "distill", stage),
-                           finetune_encoder=finetune_by_default(d.finetune_encoder, settings.embed.device),
+                           finetune_encoder=finetune_by_default(d.finetune_encoder, settings.embed.device,
+                                                                settings.embed.model),
                            max_seq_length=settings.embed.max_seq_length,
                            device=resolve_device(settings.embed.device))
 

@@ -67,6 +67,16 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (run_id, doc_id)
 );
 
+-- Content-addressed document vectors, shared by every run in this file: a run embeds only documents whose
+-- text (`documents.content_hash`) has no vector yet for its model. `model_key` hashes the model's files and
+-- the settings that change vectors (tasks/embed.py `embedding_key`); `embeddings` is each run's copy.
+CREATE TABLE IF NOT EXISTS embedding_cache (
+    content_hash VARCHAR NOT NULL,
+    model_key    VARCHAR NOT NULL,
+    embedding    FLOAT[] NOT NULL,
+    PRIMARY KEY (content_hash, model_key)
+);
+
 CREATE TABLE IF NOT EXISTS clusters (
     run_id     VARCHAR NOT NULL,
     cluster_id INTEGER NOT NULL,
@@ -156,6 +166,24 @@ CREATE TABLE IF NOT EXISTS mixture_members (
     score      DOUBLE NOT NULL,
     round      INTEGER NOT NULL,
     PRIMARY KEY (run_id, stage, doc_id)
+);
+
+-- Trained proxy tokenizers by what they were trained on: `sample_key` hashes the training sample's exact
+-- texts (in order), the vocabulary size and the tokenizers version, so a run whose sample is the same
+-- reuses the file instead of training again.
+CREATE TABLE IF NOT EXISTS tokenizers (
+    sample_key     VARCHAR PRIMARY KEY,
+    tokenizer_hash VARCHAR NOT NULL,               -- sha256 of tokenizer.json
+    tokenizer_json VARCHAR NOT NULL
+);
+
+-- Content-addressed token counts, shared by every run: keyed by the exact text (sha256, not the
+-- whitespace-collapsed content_hash: byte-level BPE counts whitespace) and the tokenizer file's hash.
+CREATE TABLE IF NOT EXISTS token_counts (
+    text_hash      VARCHAR NOT NULL,
+    tokenizer_hash VARCHAR NOT NULL,
+    n_tokens       INTEGER NOT NULL,
+    PRIMARY KEY (text_hash, tokenizer_hash)
 );
 
 -- Facts about this database file. `instance_id` is minted once per file: stage-cache keys include it, so a
