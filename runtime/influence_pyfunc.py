@@ -37,7 +37,12 @@ class InfluenceScorer(PythonModel):
 
             self.head = load_head(directory)
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+        """Scores for embeddings (n x d), or for texts when this is a token model.
+
+        `np.ndarray` is one of the hints MLflow does not validate against (the signature comes from the input
+        example), which is what a model with two input kinds needs; without a hint MLflow warns on every load.
+        """
         if self.token_model is not None:
             from models.proxy_lm import probe_inputs
             from models.token_influence import predict_tokens

@@ -172,7 +172,7 @@ def embed_documents(settings: Settings, run_id: str, progress: bool = True) -> E
         with shards.sharded(settings, run_id, "embed", embed_shard_task, tagged, {"settings": settings}) as results, \
                 db.transaction(con):
             db.run(con, "delete_embeddings", {"run_id": run_id})
-            for result in tqdm(results, desc="embed shards", unit="shard", disable=not progress):
+            for result in tqdm(results, desc="embed shards", unit="shard", disable=None if progress else True):
                 out = shards.read_output(result)
                 db.insert_arrow(con, "insert_embeddings", out.append_column("run_id", pa.array([run_id] * out.num_rows))
                                 .append_column("model", pa.array([cfg.model] * out.num_rows)))
