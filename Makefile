@@ -11,6 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install demo test lint clean sample serve stop deploy

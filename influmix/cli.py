@@ -17,6 +17,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # transformers draws a "Loading weights" bar each time a shard loads the embedding model: no use, even on a terminal.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# MLflow draws a "Downloading artifacts" bar for every logged model, also into a worker's log.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # A fresh Prefect home migrates its database on first start: give the local server time.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
@@ -121,7 +123,7 @@ def curate_and_report(settings, config: Path | None, overrides: list[str], debug
     from influmix import reaper
     from influmix.quiet import quiet_user_tracebacks
     from influmix.report import print_run_report
-    from influmix.services import server_of_home
+    from influmix.services import prefect_api_url, server_of_home
 
     guarded(lambda: check_tracking(settings), debug)
     with prefect_settings(env):
@@ -130,9 +132,9 @@ def curate_and_report(settings, config: Path | None, overrides: list[str], debug
             err.print(f"[bold yellow]warning:[/bold yellow] {problem}", highlight=False)
         if problem or not get_current_settings().api.url:
             if (server := server_of_home(Path(env["PREFECT_HOME"]))) is not None:
-                fail(f"a Prefect server (pid {server.pid}) runs on {env['PREFECT_HOME']} but this run cannot reach "
-                     "it, and a temporary server beside it would share its SQLite database: check it with "
-                     "`influmix services`, or set PREFECT_API_URL or PREFECT_HOME")
+                fail(f"a Prefect server (pid {server.pid}) runs on {env['PREFECT_HOME']}, but not at "
+                     f"{prefect_api_url(settings)} (`serve.prefect_port`?), and a temporary server beside it "
+                     "would share its SQLite database: point PREFECT_API_URL at it, or check `influmix services`")
             reaper.watch()  # the temporary Prefect server must not outlive a killed run
 
         started = time.perf_counter()
@@ -264,15 +266,22 @@ def stop(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 @app.command()
 def services(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Show whether each served process is up and healthy."""
+    """Show whether each served process is up and healthy, and when each deployment runs next."""
     from rich.table import Table
 
-    from influmix.services import status
+    from influmix.services import next_scheduled_runs, status
 
+    settings = guarded(lambda: load_settings(config, set_))
     table = Table("service", "pid", "healthy", "url")
-    for name, pid, healthy, url in status(guarded(lambda: load_settings(config, set_))):
+    rows = status(settings)
+    for name, pid, healthy, url in rows:
         table.add_row(name, str(pid or "-"), "yes" if healthy else "no", url)
     console.print(table)
+    if any(name == "prefect-server" and healthy for name, _, healthy, _ in rows):
+        schedule = Table("deployment", "next scheduled run")
+        for deployment, due in next_scheduled_runs(settings):
+            schedule.add_row(deployment, due)
+        console.print(schedule)
 
 
 @app.command(name="config")

@@ -245,3 +245,34 @@ def served_env(settings: Settings) -> dict[str, str]:
 def server_of_home(home: Path) -> psutil.Process | None:
     """A Prefect server running on this home's database, ours or one from `prefect server start --background`."""
     return from_pid_file(home / "server.pid", "server")
+
+
+def next_scheduled_runs(settings: Settings) -> list[tuple[str, str]]:
+    """(deployment, when its next scheduled run is due) from the served API: what an operator checks first
+    (`curate-nightly` with no upcoming run means the scheduler is failing: see prefect-server.log)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+    rows = []
+    with temporary_settings({PREFECT_API_URL: prefect_api_url(settings)}), get_client(sync_client=True) as client:
+        for deployment in sorted(client.read_deployments(), key=lambda d: d.name):
+            name = deployment.name
+            if deployment.paused or not any(s.active for s in deployment.schedules):
+                rows.append((name, "paused" if deployment.paused else "no active schedule"))
+                continue
+            upcoming = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                flow_run_filter=scheduled, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+            rows.append((name, f"{upcoming[0].expected_start_time:%Y-%m-%d %H:%M %Z}" if upcoming
+                         else "none scheduled: is the scheduler failing? (prefect-server.log)"))
+    return rows

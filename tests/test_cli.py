@@ -143,3 +143,20 @@ def test_export_refuses_a_missing_folder(tmp_path, e2e_run):
     assert_clean_error(influmix("export", result.run_id, str(out), "--db", str(settings.database)),
                        "no-such-folder", "does not exist")
     assert not out.parent.exists()
+
+
+def test_one_prefect_home_per_run_directory(tmp_path, monkeypatch):
+    """`influmix run` and the served stack share `<run_dir>/prefect`: a run made without the stack shows in its UI."""
+    from core.config import load_settings
+    from influmix import services
+    from influmix.cli import run_environment
+
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    settings = load_settings(None, [f'run_dir="{tmp_path / "runs"}"'])
+    served = {s.name: s for s in services.plan(settings)}
+    home = run_environment(settings)["PREFECT_HOME"]
+    assert home == served["prefect-server"].env["PREFECT_HOME"] == served["prefect-worker"].env["PREFECT_HOME"]
+    assert home == str((tmp_path / "runs" / "prefect").resolve())
+    assert served["prefect-server"].pid_file == services.prefect_home(settings) / "server.pid"  # Prefect's own
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "elsewhere"))
+    assert run_environment(settings)["PREFECT_HOME"] == str(tmp_path / "elsewhere")
