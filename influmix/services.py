@@ -17,11 +17,14 @@ its pid goes into Prefect's own `<PREFECT_HOME>/server.pid`: `prefect server sto
 MLflow have no such command; their pid files lie beside the logs.
 
 The Prefect home is `<run_dir>/prefect`, the same one `influmix run` uses for that run directory, so runs
-made without the stack (`make demo`) show in its UI once it is up.
+made without the stack (`make demo`) show in its UI once it is up. The server logs through Prefect's own
+logging config plus one filter (`influmix.quiet.RetriedSQLiteLock`): a SQLite lock its worker heartbeat
+retries is a warning line, not an error with two tracebacks.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -35,9 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import yaml
 
 from core.config import Settings
 from influmix.processes import from_pid_file, stop_all, tree, write_pid_file
+from influmix.quiet import WORKER_CHANNEL_LOGGER
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SERVER_MARKER = "prefect server start"
@@ -117,7 +122,8 @@ def plan(settings: Settings) -> list[Service]:
         Service("prefect-server", [str(bindir / "prefect"), "server", "start", "--host", s.host,
                                    "--port", str(s.prefect_port)],
                 {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_HOST": s.host, "PREFECT_SERVER_API_PORT": str(s.prefect_port),
-                 "PREFECT_UI_API_URL": prefect_api_url(settings)},
+                 "PREFECT_UI_API_URL": prefect_api_url(settings),
+                 "PREFECT_LOGGING_SETTINGS_PATH": str(folder / "prefect-logging.yml")},
                 lambda: http_ok(f"{prefect_api_url(settings)}/health"), prefect_url,
                 home / "server.pid", SERVER_MARKER, s.prefect_port, "serve.prefect_port"),
         Service("prefect-worker", [str(bindir / "prefect"), "worker", "start", "--pool", s.work_pool,
@@ -167,6 +173,20 @@ def write_env_file(settings: Settings, folder: Path) -> Path:
     return path
 
 
+def write_prefect_logging_config(path: Path) -> Path:
+    """Prefect's default logging config plus `influmix.quiet.RetriedSQLiteLock` on its worker channel's logger.
+
+    A config file is Prefect's way to add a logging filter (PREFECT_LOGGING_SETTINGS_PATH); it replaces the
+    default instead of extending it, so the installed Prefect's default is copied, not a version of it kept here.
+    """
+    default = Path(importlib.util.find_spec("prefect").submodule_search_locations[0]) / "logging" / "logging.yml"
+    config = yaml.safe_load(default.read_text())
+    config.setdefault("filters", {})["retried_sqlite_lock"] = {"()": "influmix.quiet.RetriedSQLiteLock"}
+    config["loggers"][WORKER_CHANNEL_LOGGER] = {"filters": ["retried_sqlite_lock"]}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def start(service: Service, settings: Settings, folder: Path) -> subprocess.Popen:
     """Start one service in a session of its own, its output appended to its log, and wait until healthy."""
     if service.port and not port_free(settings.serve.host, service.port):
@@ -174,6 +194,8 @@ def start(service: Service, settings: Settings, folder: Path) -> subprocess.Pope
                            f"stop it or choose another port with `{service.port_setting}`")
     log = service.log_file(folder)
     env = {**os.environ, **base_env(settings), **service.env}
+    if "PREFECT_LOGGING_SETTINGS_PATH" in service.env:
+        write_prefect_logging_config(Path(service.env["PREFECT_LOGGING_SETTINGS_PATH"]))
     with log.open("ab") as out:
         process = subprocess.Popen(service.command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=Path.cwd())

@@ -82,9 +82,17 @@ def deploy(settings, prefect_file: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def deployed(stack):
+def deployed(stack, tmp_path_factory):
+    """infra/prefect.yaml's deployments, plus curate-soon for the schedule tests: the nightly's definition at tiny
+    scale, with no schedule yet (one `prefect deploy` for all three)."""
     settings, _ = stack
-    deploy(settings, REPO / "infra" / "prefect.yaml")
+    spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
+    nightly = next(d for d in spec["deployments"] if d["name"] == "curate-nightly")
+    spec["deployments"].append({**nightly, "name": "curate-soon", "schedules": [],
+                                "parameters": {"config": None, "overrides": tiny_overrides(settings.run_dir)}})
+    prefect_file = tmp_path_factory.mktemp("deployments") / "prefect.yaml"
+    prefect_file.write_text(yaml.safe_dump(spec))
+    deploy(settings, prefect_file)
     return settings
 
 
@@ -115,18 +123,20 @@ def nightly_upcoming(stack, deployed):
 
 
 @pytest.fixture(scope="module")
-def scheduled(deployed, tmp_path_factory):
-    """infra/prefect.yaml's nightly deployment, tiny and on an hourly interval whose first run is due at once."""
-    spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
-    nightly = next(d for d in spec["deployments"] if d["name"] == "curate-nightly")
-    first = datetime.now(UTC) + timedelta(seconds=30)  # after `prefect deploy` returns, before the worker's next poll
-    spec["deployments"] = [{**nightly, "name": "curate-soon",
-                            "parameters": {"config": None, "overrides": tiny_overrides(deployed.run_dir)},
-                            "schedules": [{"interval": 3600, "anchor_date": first.isoformat(), "timezone": "UTC"}]}]
-    prefect_file = tmp_path_factory.mktemp("deployments") / "prefect.yaml"
-    prefect_file.write_text(yaml.safe_dump(spec))
-    deploy(deployed, prefect_file)
-    return deployed, scheduled_runs(deployed, "curate-soon")
+def scheduled(deployed):
+    """An hourly schedule on curate-soon, and the runs the served scheduler made for it. The first is due in two
+    minutes: time for the scheduler to see the schedule (it skips a time already past) and for the triggered
+    run of `served_runs` to finish before it."""
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    first = datetime.now(UTC) + timedelta(seconds=120)  # as `prefect deployment schedule create --anchor-date`
+    with prefect_client(deployed) as client:
+        deployment = client.read_deployment_by_name("curate/curate-soon")
+        client.create_deployment_schedules(
+            deployment.id, [(IntervalSchedule(interval=timedelta(hours=1), anchor_date=first), True)])
+    upcoming = scheduled_runs(deployed, "curate-soon", at_least=2)
+    assert upcoming and abs(upcoming[0].expected_start_time - first) < timedelta(seconds=1), upcoming
+    return deployed, upcoming
 
 
 def wait_finished(settings, flow_run_id, timeout_s: float = 900.0):
@@ -150,10 +160,12 @@ def trigger(settings, extra: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def served_runs(scheduled):
-    """The first scheduled run of curate-soon, then a triggered run of curate-adhoc with other bandit settings."""
+    """The first scheduled run of curate-soon and a triggered run of curate-adhoc with other bandit settings
+    (triggered while the scheduled one is not due yet)."""
     settings, upcoming = scheduled
+    triggered = trigger(settings, ["select.ucb_alpha=0.0", "select.exploit_batch=4"])
     first = wait_finished(settings, upcoming[0].id)
-    return settings, [str(first.id), trigger(settings, ["select.ucb_alpha=0.0", "select.exploit_batch=4"])]
+    return settings, [str(first.id), triggered]
 
 
 def prefect_client(settings):
@@ -233,6 +245,7 @@ def test_influmix_run_reports_into_the_served_stack(served_runs):
     settings, _ = served_runs
     database = settings.run_dir / "cli.duckdb"
     overrides = [*tiny_overrides(settings.run_dir, corpus_records=120), f'db_path="{database}"', "cluster.k=3",
+                 f"serve.prefect_port={settings.serve.prefect_port}", f"serve.mlflow_port={settings.serve.mlflow_port}",
                  "proxy.steps_per_stage=6", "probe.n_probes=12", "distill.epochs=20", "select.token_budget=3000",
                  "track.experiment=influmix-cli", "track.registered_model=influmix-influence-cli"]
     # a fresh shell: no Prefect or MLflow settings, the stack is found through <run_dir>/services/env
