@@ -10,6 +10,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install demo test lint clean sample serve stop deploy
@@ -22,9 +24,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Its Prefect home is <run_dir>/prefect (runs/demo/prefect), the served stack's: the run shows in `make serve`'s UI.
 demo: $(STAMP)
-	mkdir -p runs/prefect
-	PREFECT_HOME=$(CURDIR)/runs/prefect $(BIN)/influmix run --config configs/demo.toml
+	$(BIN)/influmix run --config configs/demo.toml
 
 # The served stack (Prefect server + UI, process worker, MLflow server) on 127.0.0.1, over the demo's run_dir.
 SERVE_CONFIG ?= configs/demo.toml

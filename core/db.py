@@ -44,14 +44,23 @@ def busy_timeout() -> float:
     return float(os.environ.get("INFLUMIX_DB_BUSY_TIMEOUT", "3600"))
 
 
+class NotADatabaseError(ValueError):
+    """The file is there but is no DuckDB database (a Parquet export, a text file): a one-line user error."""
+
+
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """`duckdb.connect`, waiting while another process holds the file's lock."""
     deadline, delay, said = time.monotonic() + busy_timeout(), 0.1, 0.0
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
+        except (duckdb.IOException, duckdb.CatalogException) as exc:
+            # DuckDB says "not a valid DuckDB database file", or for a Parquet file "Cannot launch in-memory
+            # database in read-only mode!": neither tells the user which file is wrong.
             if "lock" not in str(exc).lower():
+                if path.is_file():
+                    raise NotADatabaseError(f"{path} is not a DuckDB database (an influmix database is "
+                                            "the .duckdb file of a run directory)") from None
                 raise
             holder = _LOCK_HOLDER.search(str(exc))
             who = f"process {holder.group(1)}" if holder else "another process"

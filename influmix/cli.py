@@ -15,6 +15,10 @@ from typing import Annotated
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# transformers draws a "Loading weights" bar each time a shard loads the embedding model: no use, even on a terminal.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# MLflow draws a "Downloading artifacts" bar for every logged model, also into a worker's log.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # A fresh Prefect home migrates its database on first start: give the local server time.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
@@ -33,13 +37,18 @@ DbOpt = Annotated[Path | None, typer.Option("--db", help="DuckDB file (default: 
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from core.db import DatabaseBusyError
-    from core.preflight import TrackingUnavailable
-    from tasks.embed import EmbedError
-    from tasks.ingest import IngestError
+    """The exceptions that are the user's mistake: one red line, no traceback.
 
-    return (ConfigError, IngestError, EmbedError, LookupError, FileNotFoundError, ValueError, TrackingUnavailable,
-            DatabaseBusyError)
+    Only light modules here: every error path runs this, and importing a stage pulls in torch and
+    sentence-transformers (8 s for one line). The stages' own errors are ValueErrors (tasks.embed.EmbedError,
+    core.sources.IngestError), so they need no import of their own.
+    """
+    from core.db import DatabaseBusyError, NotADatabaseError
+    from core.preflight import TrackingUnavailable
+    from core.sources import IngestError
+
+    return (ConfigError, IngestError, NotADatabaseError, LookupError, FileNotFoundError, ValueError,
+            TrackingUnavailable, DatabaseBusyError)
 
 
 def fail(message: str) -> None:
@@ -57,9 +66,37 @@ def guarded(fn, debug: bool = False):
 
 
 def database_for(config: Path | None, db_path: Path | None, overrides: list[str] | None = None) -> Path:
-    if db_path:
-        return db_path
-    return load_settings(config, overrides).database
+    """The DuckDB file a reading command opens: `--db`, else the one `--config`'s settings name."""
+    path = db_path or load_settings(config, overrides).database
+    if not path.exists():
+        hint = "" if config or db_path else (": pass the run's settings with --config (the database is "
+                                             "<run_dir>/influmix.duckdb) or the file with --db")
+        raise FileNotFoundError(f"no influmix database at {path}{hint}")
+    return path
+
+
+def run_environment(settings) -> dict[str, str]:
+    """What the run's process and children need: its Prefect home, and the served stack's URLs when it is up.
+
+    One Prefect home per run directory (`<run_dir>/prefect`, also the served stack's), so a run made without
+    the stack shows in its UI later, unless PREFECT_HOME says otherwise.
+    """
+    from influmix.services import prefect_home, served_env
+
+    env = {"PREFECT_HOME": os.environ.get("PREFECT_HOME") or str(prefect_home(settings))}
+    for key, value in served_env(settings).items():  # report into the served UIs when `influmix serve` runs
+        if not os.environ.get(key):
+            env[key] = value
+            console.print(f"using the served stack: {key}={value}", highlight=False)
+    return env
+
+
+def prefect_settings(env: dict[str, str]):
+    """Prefect reads its settings once, when imported (`resume` has imported it already): apply them again."""
+    import prefect.settings
+
+    return prefect.settings.temporary_settings(
+        updates={getattr(prefect.settings, key): value for key, value in env.items() if key.startswith("PREFECT_")})
 
 
 def curate_and_report(settings, config: Path | None, overrides: list[str], debug: bool) -> None:
@@ -68,6 +105,10 @@ def curate_and_report(settings, config: Path | None, overrides: list[str], debug
     The cheap checks come before the heavy imports, so a typo in a path costs a second, not fifteen.
     """
     from contextlib import nullcontext
+
+    env = run_environment(settings)
+    os.environ.update(env)
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
     from tasks.embed import check_embed_model
     from tasks.ingest import check_sources
@@ -82,24 +123,25 @@ def curate_and_report(settings, config: Path | None, overrides: list[str], debug
     from influmix import reaper
     from influmix.quiet import quiet_user_tracebacks
     from influmix.report import print_run_report
-    from influmix.services import served_env
+    from influmix.services import prefect_api_url, server_of_home
 
-    for key, value in served_env(settings).items():  # report into the served UIs when `influmix serve` runs
-        if not os.environ.get(key):
-            os.environ[key] = value
-            console.print(f"using the served stack: {key}={value}", highlight=False)
     guarded(lambda: check_tracking(settings), debug)
-    problem = prefect_api_problem()
-    if problem:
-        err.print(f"[bold yellow]warning:[/bold yellow] {problem}", highlight=False)
-    if problem or not get_current_settings().api.url:
-        reaper.watch()  # the temporary Prefect server must not outlive a killed run
+    with prefect_settings(env):
+        problem = prefect_api_problem()
+        if problem:
+            err.print(f"[bold yellow]warning:[/bold yellow] {problem}", highlight=False)
+        if problem or not get_current_settings().api.url:
+            if (server := server_of_home(Path(env["PREFECT_HOME"]))) is not None:
+                fail(f"a Prefect server (pid {server.pid}) runs on {env['PREFECT_HOME']}, but not at "
+                     f"{prefect_api_url(settings)} (`serve.prefect_port`?), and a temporary server beside it "
+                     "would share its SQLite database: point PREFECT_API_URL at it, or check `influmix services`")
+            reaper.watch()  # the temporary Prefect server must not outlive a killed run
 
-    started = time.perf_counter()
-    with local_prefect() if problem else nullcontext(), \
-            nullcontext() if debug else quiet_user_tracebacks(user_errors()):
-        result = guarded(lambda: curate(str(config) if config else None, overrides), debug)
-    print_run_report(settings, result, time.perf_counter() - started, console)
+        started = time.perf_counter()
+        with local_prefect() if problem else nullcontext(), \
+                nullcontext() if debug else quiet_user_tracebacks(user_errors()):
+            result = guarded(lambda: curate(str(config) if config else None, overrides), debug)
+        print_run_report(settings, result, time.perf_counter() - started, console)
 
 
 @app.command()
@@ -142,20 +184,39 @@ def compare(run_ids: list[str], config: ConfigOpt = None, set_: SetOpt = None, d
     guarded(lambda: print_comparison(path, run_ids, settings.mlflow_uri, console), debug)
 
 
-@app.command()
-def runs(config: ConfigOpt = None, db: DbOpt = None) -> None:
-    """List the runs in the database."""
-    from rich.table import Table
+PlainOpt = Annotated[bool, typer.Option("--plain", help="for scripts: tab-separated, no header; run id, status, "
+                                                      "started, finished, config hash")]
 
+
+def _when(timestamp) -> str:
+    return f"{timestamp:%Y-%m-%d %H:%M:%S}" if timestamp else ""
+
+
+@app.command()
+def runs(config: ConfigOpt = None, db: DbOpt = None, plain: PlainOpt = False) -> None:
+    """List the runs in the database, newest first."""
     from core import db as database
 
     def list_runs():
         with database.connect(database_for(config, db), read_only=True) as con:
             return database.rows(con, "list_runs")
 
-    table = Table("run id", "status", "started", "finished", "config")
-    for row in guarded(list_runs):
-        table.add_row(*(str(x) for x in row))
+    found = [(run_id, status, _when(started), _when(finished), config_hash)
+             for run_id, status, started, finished, config_hash in guarded(list_runs)]
+    if plain:
+        for row in found:
+            typer.echo("\t".join(row))
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)  # run ids stay whole on an 80-column terminal or a pipe
+    table.add_column("run id", no_wrap=True, min_width=max((len(r[0]) for r in found), default=6))
+    table.add_column("status", no_wrap=True)
+    table.add_column("started")
+    table.add_column("finished")
+    table.add_column("config", no_wrap=True, overflow="ellipsis", min_width=8)
+    for row in found:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -163,7 +224,6 @@ def runs(config: ConfigOpt = None, db: DbOpt = None) -> None:
 def export(run_id: str, out: Path, stage: int = -1, config: ConfigOpt = None, db: DbOpt = None) -> None:
     """Export a stage's mixture (default: the last) to .parquet, .jsonl or .jsonl.gz for training."""
     from influmix.report import mixture_summary
-    from tasks.mixture import export_mixture
 
     path = guarded(lambda: database_for(config, db))
     stages = [s["stage"] for s in guarded(lambda: mixture_summary(path, run_id))["stages"]]
@@ -172,6 +232,9 @@ def export(run_id: str, out: Path, stage: int = -1, config: ConfigOpt = None, db
     chosen = stages[-1] if stage < 0 else stage
     if chosen not in stages:
         fail(f"run {run_id} has no stage {chosen} (stages: {stages})")
+    # a stage module (Prefect, torch): imported only once the cheap checks have passed
+    from tasks.mixture import export_mixture
+
     rows = guarded(lambda: export_mixture(path, run_id, chosen, out))
     console.print(f"wrote {rows:,} documents of {run_id} stage {chosen} to {out}")
 
@@ -203,15 +266,22 @@ def stop(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 @app.command()
 def services(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Show whether each served process is up and healthy."""
+    """Show whether each served process is up and healthy, and when each deployment runs next."""
     from rich.table import Table
 
-    from influmix.services import status
+    from influmix.services import next_scheduled_runs, status
 
+    settings = guarded(lambda: load_settings(config, set_))
     table = Table("service", "pid", "healthy", "url")
-    for name, pid, healthy, url in status(guarded(lambda: load_settings(config, set_))):
+    rows = status(settings)
+    for name, pid, healthy, url in rows:
         table.add_row(name, str(pid or "-"), "yes" if healthy else "no", url)
     console.print(table)
+    if any(name == "prefect-server" and healthy for name, _, healthy, _ in rows):
+        schedule = Table("deployment", "next scheduled run")
+        for deployment, due in next_scheduled_runs(settings):
+            schedule.add_row(deployment, due)
+        console.print(schedule)
 
 
 @app.command(name="config")

@@ -10,20 +10,23 @@ import os
 import socket
 from pathlib import Path
 
+import psutil
+
 from core import db, store
 from core.config import Settings
+from influmix.processes import alive
 
 
 def _alive(pid: int) -> bool:
     """Whether `pid` still runs a Python process (a crashed run's pid may since belong to something else)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    return not cmdline.exists() or b"python" in cmdline.read_bytes() or b"influmix" in cmdline.read_bytes()
+    return alive(process) and ("python" in command or "influmix" in command)
 
 
 def resume_settings_file(database: Path, run_id: str) -> Path:

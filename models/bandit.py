@@ -60,7 +60,7 @@ class SelectionResult:
 
     selected: np.ndarray  # doc indices, in selection order
     selected_round: np.ndarray  # round in which each selected doc was taken
-    rounds: list[dict[str, Any]]  # one entry per pull
+    rounds: list[dict[str, Any]]  # one entry per pull, in pull order (`pull` counts them)
     tokens_total: int
     arm_means: np.ndarray  # final mean reward per arm (0 for never-updated arms)
     exhausted: bool  # every available doc was seen before the budget was filled
@@ -161,7 +161,7 @@ def _progress_bar(total: int, enabled: bool) -> Any:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is optional for this module
         return None
-    return tqdm(total=total, desc="bandit selection", unit="tok", leave=False)
+    return tqdm(total=total, desc="bandit selection", unit="tok", leave=False, disable=None)
 
 
 # -------------------------------------------------------------------------------------------- bandit
@@ -260,6 +260,7 @@ def select_with_bandit(
             reward_sum += w * reward
             rounds.append(
                 {
+                    "pull": len(rounds),
                     "round": rnd,
                     "cluster_id": arm,
                     "ucb": float(ucb[arm]),

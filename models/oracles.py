@@ -192,7 +192,7 @@ def exact_probes(
     loss_before = reference_loss(model, ref)
     rows = [
         exact_probe(model, optimizer_state, doc, ref, cfg, loss_before)
-        for doc in tqdm(docs, desc="exact probes", disable=not progress)
+        for doc in tqdm(docs, desc="exact probes", disable=None if progress else True)
     ]
     table = np.array(rows, dtype=np.float64).reshape(len(docs), 3)
     return ProbeScores(scores=table[:, 0], loss_before=table[:, 1], loss_after=table[:, 2])
@@ -274,7 +274,7 @@ def _first_order_loop(
             decay_term = cfg.lr * sum(
                 wd * torch.sum(gr * p).item() for gr, (p, _, _, _, wd) in zip(g_ref, entries)
             )
-        for i, doc in enumerate(tqdm(docs, desc="fast probes", disable=not progress)):
+        for i, doc in enumerate(tqdm(docs, desc="fast probes", disable=None if progress else True)):
             grads = torch.autograd.grad(lm_loss(model, doc.to(device)), params)
             with torch.no_grad():
                 # the real step clips first: the same coefficient as torch.nn.utils.clip_grad_norm_

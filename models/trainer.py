@@ -162,7 +162,7 @@ def run_steps(
     _sync(device)
     start = measure_from = time.perf_counter()
     warmup = 1 if cfg.compile and cfg.steps > 1 else 0
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=None if progress else True)
     for i in bar:
         lr = lr_at(step_offset + i, cfg)
         for group in optimizer.param_groups:

@@ -29,7 +29,12 @@ class InfluenceScorer(PythonModel):
 
         self.student = load_student(context.artifacts["influence_model"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+        """Scores for texts (students that read text) or embeddings (n x d, the embedding head).
+
+        `np.ndarray` is one of the hints MLflow does not validate against (the signature comes from the input
+        example), which is what a model with two input kinds needs; without a hint MLflow warns on every load.
+        """
         from models.students import StudentInputs
 
         if self.student.reads == "text":

@@ -145,6 +145,9 @@ CREATE TABLE IF NOT EXISTS bandit_rounds (
     tokens_total    BIGINT NOT NULL,
     PRIMARY KEY (run_id, stage, round, cluster_id)
 );
+-- Pull order within the stage (0, 1, ...): a round pulls several arms, best UCB first, so (round, cluster_id)
+-- is not the order the bandit spent its budget in. NULL in databases written before it was added.
+ALTER TABLE bandit_rounds ADD COLUMN IF NOT EXISTS pull INTEGER;
 
 -- One row per run and stage: the selected mixture's header.
 CREATE TABLE IF NOT EXISTS mixtures (

@@ -55,7 +55,8 @@ def export_mixture(db_path: Path, run_id: str, stage: int, out: Path) -> int:
     suffixes = "".join(out.suffixes[-2:])
     if out.suffix != ".parquet" and suffixes not in {".jsonl", ".jsonl.gz"} and out.suffix != ".jsonl":
         raise ValueError(f"export path {out} must end in .parquet, .jsonl or .jsonl.gz")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.parent.is_dir():  # a typo in the folder should not leave a new directory tree behind
+        raise FileNotFoundError(f"export folder {out.parent} does not exist: create it first")
     written = 0
     with db.connect(db_path, read_only=True) as con:
         reader = mixture_reader(con, run_id, stage)

@@ -15,6 +15,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -38,6 +40,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# What must never appear in a served process's log: a traceback, or SQLite refusing a write.
+SERVICE_LOG_PROBLEMS = ("Traceback (most recent call last)", "database is locked")
+
+
+def service_log_problems(folder: Path, excerpt: int = 40) -> list[str]:
+    """Every traceback or lock error in the service logs under `folder`, as `log:line:` and what follows it."""
+    found = []
+    for log in sorted(folder.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines):
+            if any(problem in line for problem in SERVICE_LOG_PROBLEMS):
+                found.append(f"{log.name}:{number + 1}:\n" + "\n".join(lines[number:number + excerpt]))
+    return found
 
 
 def tiny_overrides(run_dir: Path, corpus_records: int = 240) -> list[str]:

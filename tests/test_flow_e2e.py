@@ -116,6 +116,24 @@ def test_mlflow_run_has_metrics_plots_and_registered_model(e2e_run):
     assert version.run_id == run.info.run_id
 
 
+def test_bandit_rounds_load_in_pull_order(e2e_run):
+    """The budget only grows along the pulls: rows and MLflow's `bandit_tokens_stage*` curves never go back."""
+    import mlflow
+
+    from core import db
+
+    settings, result = e2e_run
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
+    with db.connect(settings.database, read_only=True) as con:
+        for stage in range(settings.stages):
+            rows = db.rows(con, "load_bandit_rounds", {"run_id": result.run_id, "stage": stage})
+            spent = [r[7] for r in rows]  # tokens_total after each pull
+            assert len(rows) > 1 and spent == sorted(spent)
+            assert spent == [sum(r[6] for r in rows[: i + 1]) for i in range(len(rows))]  # running sum of takes
+            curve = client.get_metric_history(result.tracked.mlflow_run_id, f"bandit_tokens_stage{stage}")
+            assert [m.value for m in sorted(curve, key=lambda m: m.step)] == spent
+
+
 def test_registered_model_scores_embeddings(e2e_run):
     import mlflow
     import numpy as np

@@ -132,11 +132,14 @@ def test_nothing_is_unpickled():
 
 
 def test_sentence_transformers_load_safetensors_only():
-    for path in (REPO / "tasks" / "embed.py", REPO / "models" / "influence_encoder.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    loaders = []
+    for path, tree in parsed():
+        for node in ast.walk(tree):
             if isinstance(node, ast.Call) and _call_name(node) == "SentenceTransformer":
                 kwargs = {k.arg: k.value for k in node.keywords}
                 assert "model_kwargs" in kwargs and "use_safetensors" in ast.unparse(kwargs["model_kwargs"]), path
+                loaders.append(path.relative_to(REPO).as_posix())
+    assert {"models/embedder.py", "models/influence_encoder.py"} <= set(loaders)  # every loader was seen
 
 
 def test_services_bind_loopback_by_default(tmp_path):

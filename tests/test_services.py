@@ -1,8 +1,10 @@
-"""The served stack as an operator uses it: `influmix serve`, `prefect deploy`, triggered deployment runs on
-the worker, both UIs, `influmix stop`. Real servers on 127.0.0.1 (free ports), real processes, real browser.
+"""The served stack as an operator uses it: `influmix serve`, `prefect deploy`, scheduled and triggered
+deployment runs on the worker, `influmix run` reporting into the stack, both UIs, `influmix stop`. Real servers on
+127.0.0.1 (free ports), real processes, real browser.
 
-One module-scoped stack serves every test here; two deployment runs with different bandit settings are what
-the MLflow comparison and `influmix compare` are checked on.
+One module-scoped stack serves every test here; a scheduled run and a triggered one with different bandit
+settings are what the MLflow comparison and `influmix compare` are checked on. After every test, and once more
+after `influmix stop`, a traceback or `database is locked` in any service's log fails it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import REPO, free_port, tiny_overrides
+from tests.conftest import REPO, free_port, service_log_problems, tiny_overrides
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 BIN = Path(sys.executable).parent
@@ -39,6 +43,13 @@ def client_env(settings) -> dict[str, str]:
     return {**base_env(settings), "PWD": str(REPO)}
 
 
+def assert_clean_logs(settings) -> None:
+    from influmix.services import services_dir
+
+    problems = service_log_problems(services_dir(settings))
+    assert not problems, "\n\n".join(problems[:3])
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from core.config import load_settings
@@ -54,15 +65,88 @@ def stack(tmp_path_factory):
     finally:
         down = run([str(BIN / "influmix"), "stop", *args])
         assert down.returncode == 0, down.stdout + down.stderr
+        assert_clean_logs(settings)  # shutting down is part of running
+
+
+@pytest.fixture(autouse=True)
+def clean_logs_after_each_test(request):
+    yield
+    if "stack" in request.fixturenames:
+        assert_clean_logs(request.getfixturevalue("stack")[0])
+
+
+def deploy(settings, prefect_file: Path) -> None:
+    proc = run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
+               env=client_env(settings))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
-def deployed(stack):
+def deployed(stack, tmp_path_factory):
+    """infra/prefect.yaml's deployments, plus curate-soon for the schedule tests: the nightly's definition at tiny
+    scale, with no schedule yet (one `prefect deploy` for all three)."""
     settings, _ = stack
-    proc = run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
-               env=client_env(settings))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
+    nightly = next(d for d in spec["deployments"] if d["name"] == "curate-nightly")
+    spec["deployments"].append({**nightly, "name": "curate-soon", "schedules": [],
+                                "parameters": {"config": None, "overrides": tiny_overrides(settings.run_dir)}})
+    prefect_file = tmp_path_factory.mktemp("deployments") / "prefect.yaml"
+    prefect_file.write_text(yaml.safe_dump(spec))
+    deploy(settings, prefect_file)
     return settings
+
+
+def scheduled_runs(settings, deployment: str, at_least: int = 1, timeout_s: float = 120.0) -> list:
+    """The deployment's flow runs that the served scheduler created, once there are `at_least` of them."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with prefect_client(settings) as client:
+            runs = [r for r in client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
+                if r.auto_scheduled and r.created_by and r.created_by.type == "SCHEDULE"]
+        if len(runs) >= at_least or time.monotonic() > deadline:
+            return sorted(runs, key=lambda r: r.expected_start_time)
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def nightly_upcoming(stack, deployed):
+    """curate-nightly's upcoming runs and `influmix services` showing the next one, then the deployment paused:
+    a test session across 02:00 UTC must not start the demo-sized nightly run on the worker."""
+    upcoming = scheduled_runs(deployed, "curate-nightly")
+    shown = run([str(BIN / "influmix"), "services", *stack[1]])
+    with prefect_client(deployed) as client:
+        client.pause_deployment(client.read_deployment_by_name("curate/curate-nightly").id)
+    return upcoming, shown
+
+
+@pytest.fixture(scope="module")
+def scheduled(deployed):
+    """An hourly schedule on curate-soon, and the runs the served scheduler made for it. The first is due in two
+    minutes: time for the scheduler to see the schedule (it skips a time already past) and for the triggered
+    run of `served_runs` to finish before it."""
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    first = datetime.now(UTC) + timedelta(seconds=120)  # as `prefect deployment schedule create --anchor-date`
+    with prefect_client(deployed) as client:
+        deployment = client.read_deployment_by_name("curate/curate-soon")
+        client.create_deployment_schedules(
+            deployment.id, [(IntervalSchedule(interval=timedelta(hours=1), anchor_date=first), True)])
+    upcoming = scheduled_runs(deployed, "curate-soon", at_least=2)
+    assert upcoming and abs(upcoming[0].expected_start_time - first) < timedelta(seconds=1), upcoming
+    return deployed, upcoming
+
+
+def wait_finished(settings, flow_run_id, timeout_s: float = 900.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with prefect_client(settings) as client:
+            flow_run = client.read_flow_run(flow_run_id)
+        if flow_run.state.is_final() or time.monotonic() > deadline:
+            return flow_run
+        time.sleep(3)
 
 
 def trigger(settings, extra: list[str]) -> str:
@@ -75,10 +159,13 @@ def trigger(settings, extra: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def served_runs(deployed):
-    """Two worker runs of the ad-hoc deployment with different bandit settings."""
-    settings = deployed
-    return settings, [trigger(settings, []), trigger(settings, ["select.ucb_alpha=0.0", "select.exploit_batch=4"])]
+def served_runs(scheduled):
+    """The first scheduled run of curate-soon and a triggered run of curate-adhoc with other bandit settings
+    (triggered while the scheduled one is not due yet)."""
+    settings, upcoming = scheduled
+    triggered = trigger(settings, ["select.ucb_alpha=0.0", "select.exploit_batch=4"])
+    first = wait_finished(settings, upcoming[0].id)
+    return settings, [str(first.id), triggered]
 
 
 def prefect_client(settings):
@@ -119,6 +206,61 @@ def test_deployments_are_registered_with_a_cron_schedule(deployed):
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert nightly.work_pool_name == adhoc.work_pool_name == deployed.serve.work_pool
     assert adhoc.schedules == []
+
+
+def test_cron_deployment_gets_its_upcoming_runs_from_the_served_scheduler(nightly_upcoming):
+    """Under SQLAlchemy 2.1 Prefect 3.8's scheduler failed once a minute and this list stayed empty."""
+    upcoming, shown = nightly_upcoming
+    assert upcoming
+    for flow_run in upcoming:
+        assert flow_run.state.is_scheduled() and "auto-scheduled" in flow_run.tags
+        due = flow_run.expected_start_time.astimezone(UTC)
+        assert (due.hour, due.minute) == (2, 0) and due > datetime.now(UTC)
+    assert shown.returncode == 0, shown.stderr
+    first = upcoming[0].expected_start_time.astimezone(UTC)
+    assert re.search(rf"curate-nightly\s.*{first:%Y-%m-%d} 02:00 UTC", shown.stdout), shown.stdout
+    assert re.search(r"curate-adhoc\s.*no active schedule", shown.stdout), shown.stdout
+
+
+def test_a_scheduled_run_executes_on_the_worker(scheduled, served_runs):
+    settings, upcoming = scheduled
+    assert [r.expected_start_time - upcoming[0].expected_start_time for r in upcoming[:2]] == \
+        [timedelta(0), timedelta(hours=1)]  # the next hourly run is scheduled too
+    with prefect_client(settings) as client:
+        first = client.read_flow_run(upcoming[0].id)
+        later = client.read_flow_run(upcoming[1].id)
+    assert first.state.is_completed(), first.state
+    assert first.work_pool_name == settings.serve.work_pool and first.deployment_id == upcoming[0].deployment_id
+    assert str(first.id) == served_runs[1][0]
+    assert later.state.is_scheduled()  # not due yet: nothing ran ahead of its time
+
+
+def test_influmix_run_reports_into_the_served_stack(served_runs):
+    """`make demo` with the stack up: the flow run is in the served Prefect, its MLflow run in the served MLflow."""
+    import mlflow
+
+    from core import db
+    from influmix.services import mlflow_url
+
+    settings, _ = served_runs
+    database = settings.run_dir / "cli.duckdb"
+    overrides = [*tiny_overrides(settings.run_dir, corpus_records=120), f'db_path="{database}"', "cluster.k=3",
+                 f"serve.prefect_port={settings.serve.prefect_port}", f"serve.mlflow_port={settings.serve.mlflow_port}",
+                 "proxy.steps_per_stage=6", "probe.n_probes=12", "distill.epochs=20", "select.token_budget=3000",
+                 "track.experiment=influmix-cli", "track.registered_model=influmix-influence-cli"]
+    # a fresh shell: no Prefect or MLflow settings, the stack is found through <run_dir>/services/env
+    proc = run([str(BIN / "influmix"), "run", *[a for o in overrides for a in ("--set", o)]],
+               env={"PREFECT_API_URL": "", "MLFLOW_TRACKING_URI": "", "PREFECT_HOME": ""})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "using the served stack: PREFECT_API_URL=http://" in proc.stdout, proc.stdout[-3000:]
+    with db.connect(database, read_only=True) as con:
+        (run_id, flow_run_id, mlflow_run_id), = con.execute(
+            "SELECT run_id, prefect_flow_run_id, mlflow_run_id FROM runs").fetchall()
+    with prefect_client(settings) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    assert flow_run.state.is_completed() and f"influmix-run:{run_id}" in flow_run.tags
+    tags = mlflow.MlflowClient(tracking_uri=mlflow_url(settings)).get_run(mlflow_run_id).data.tags
+    assert tags["prefect.flow_run_id"] == flow_run_id
 
 
 def test_deployment_runs_finish_on_the_worker_and_link_both_ways(served_runs):
@@ -198,7 +340,7 @@ def test_prefect_ui_shows_every_stage_completed(served_runs, page, tmp_path):
     from influmix.services import prefect_api_url
 
     settings, flow_run_ids = served_runs
-    page.goto(f"{prefect_api_url(settings)[:-4]}/runs/flow-run/{flow_run_ids[0]}", wait_until="commit")
+    page.goto(f"{prefect_api_url(settings)[:-4]}/runs/flow-run/{flow_run_ids[1]}", wait_until="commit")
     wait_for_text(page, r"curate-adhoc")
     screenshot(page, "prefect_flow_run.png", tmp_path)
     page.get_by_text("Task Runs", exact=True).first.click()

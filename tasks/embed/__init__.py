@@ -121,7 +121,7 @@ def embed_documents(settings: Settings, ingested: Ingested, progress: bool = Tru
         total = store.count_documents(con, run_id)
         new = int(db.records(con, "count_documents_to_embed", {"run_id": run_id, "model_key": key})[0].documents)
         with _embed_new(con, settings, run_id, embedder, key, new) as results, db.transaction(con):
-            for result in tqdm(results, desc="embed shards", unit="shard", disable=not progress):
+            for result in tqdm(results, desc="embed shards", unit="shard", disable=None if progress else True):
                 out = shards.read_output(result)
                 db.insert_arrow(con, "insert_embedding_cache", out.append_column("model_key", pa.array([key] * out.num_rows)))
             db.run(con, "delete_embeddings", {"run_id": run_id})

@@ -171,7 +171,7 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
                     docs.add(run_id, doc.doc_id, doc.text, doc.source, doc.locator, doc.domain, len(doc.text), digest)
             pending.clear()
 
-        bar = tqdm(desc="ingest", unit="rec", disable=not progress, mininterval=0.5)
+        bar = tqdm(desc="ingest", unit="rec", disable=None if progress else True, mininterval=0.5)
         try:
             for source, item in _records(sources):
                 stats.records_read += 1
