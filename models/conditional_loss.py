@@ -98,6 +98,7 @@ class FinetuneConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     seed: int = 0
+    max_val_rows: int = 256  # evenly spaced rows of the other half: enough to pick a step, cheap to evaluate
 
 
 @dataclass
@@ -111,7 +112,8 @@ class FinetuneTrace:
 
 def finetune_on_reference(prior: torch.nn.Module, optimizer_state: dict[str, Any] | None, fit_rows: torch.Tensor,
                           val_rows: torch.Tensor, cfg: FinetuneConfig) -> tuple[torch.nn.Module, FinetuneTrace]:
-    """A copy of `prior` fine-tuned on `fit_rows` [n, L], at the step with the lowest loss on `val_rows`.
+    """A copy of `prior` fine-tuned on `fit_rows` [n, L], at the step with the lowest loss on `val_rows`
+    (at most `cfg.max_val_rows` of them, evenly spaced).
 
     The copy continues from a deep copy of the prior's Adam moments when given (the prior itself and its
     saved state are never touched) at a constant `cfg.lr`; rows are drawn in seeded shuffled epochs.
@@ -127,6 +129,8 @@ def finetune_on_reference(prior: torch.nn.Module, optimizer_state: dict[str, Any
     order = torch.cat([torch.randperm(len(fit_rows), generator=generator)
                        for _ in range(-(-cfg.max_steps * cfg.batch_size // len(fit_rows)))])
     device = next(model.parameters()).device
+    if len(val_rows) > cfg.max_val_rows:
+        val_rows = val_rows[np.unique(np.linspace(0, len(val_rows) - 1, cfg.max_val_rows).round().astype(int))]
     steps, losses = [0], [reference_loss(model, val_rows)]
     best = copy.deepcopy(model.state_dict())
     for step in range(1, cfg.max_steps + 1):
