@@ -44,7 +44,8 @@ EVAL = {"preset": "tiny", "model": {"hidden_size": 192, "intermediate_size": 768
         "domain_rows": 8, "cloze_items": 256, "cloze_every": 4, "final_rows": 1024, "device": "cpu"}
 """configs/selection.toml's evaluator, measured every 16 steps (32k tokens) as in the README's ablation."""
 METHODS = ("random", "dsir", "domain_mix", "color", "color_fold_a", "color_top", "color_len", "color_min100w",
-           "color_dsir", "probes", "probes_prior", "rollout_arms", "rollout_arms_color")
+           "color_dsir", "probes", "probes_prior", "rollout_arms", "rollout_arms_color", "color_top_len", "color_t025",
+           "color_top_dsir")
 
 
 class SeedRun:
@@ -170,13 +171,16 @@ class SeedRun:
         if method == "dsir":
             log_weight, keep, _, _ = self.dsir()
             return sm.static_stages(pool, k, seed, method, log_weight, allowed=keep, gumbel_on_raw=True)
-        scores = {"color": lambda: self.color_scores(), "color_fold_a": lambda: self.color_scores(folds=[0]),
-                  "color_top": lambda: self.color_scores(), "color_len": lambda: self.color_scores(k.color_shrink),
-                  "color_min100w": lambda: self.color_scores(),
-                  "color_dsir": lambda: sm.rank_mean(self.color_scores(), self.dsir()[0])}[method]()
-        allowed = ~pool.flags["under_100_words"] if method == "color_min100w" else None
-        return sm.static_stages(pool, k, seed, method, scores, allowed=allowed,
-                                temperature=0.0 if method == "color_top" else None)
+        # method -> (score, temperature: None = knobs.temperature, allowed: None = every document)
+        color, shrunk = self.color_scores, lambda: self.color_scores(k.color_shrink)
+        long_enough = ~pool.flags["under_100_words"]
+        spec = {"color": (color, None, None), "color_fold_a": (lambda: self.color_scores(folds=[0]), None, None),
+                "color_top": (color, 0.0, None), "color_t025": (color, 0.25, None), "color_len": (shrunk, None, None),
+                "color_top_len": (shrunk, 0.0, None), "color_min100w": (color, None, long_enough),
+                "color_dsir": (lambda: sm.rank_mean(color(), self.dsir()[0]), None, None),
+                "color_top_dsir": (lambda: sm.rank_mean(color(), self.dsir()[0]), 0.0, None)}
+        score, temperature, allowed = spec[method]
+        return sm.static_stages(pool, k, seed, method, score(), allowed=allowed, temperature=temperature)
 
     def probe_trajectory(self, method: str) -> sm.Trajectory:
         """MATES stages: proxy on the previous mixture, probes, token model, Gumbel-top-k on its scores."""
