@@ -50,6 +50,9 @@ class DataConfig(_Strict):
     pool_heldout_per_domain: int = Field(16, ge=0, description="pool documents per domain kept for evaluation")
     pool_max_records: int | None = Field(None, ge=1, description="use the corpus's first N records only")
     passage_words: int = Field(100, ge=10)
+    target_domain: str | None = Field(None, description="a pool domain whose held-out source documents are the target "
+                                                        "(default: the reference file)")
+    target_documents: int = Field(300, ge=2, description="source documents of `target_domain` taken out of the pool")
 
 
 class DsirConfig(_Strict):
@@ -102,6 +105,7 @@ def prepare_pool(settings, workdir: Path, data_key: str):
     from benchmarks.selection_methods import EMBED_FLOPS_PER_TOKEN, Cost
     from core import db, store
     from core.artifacts import Embedded, Ingested, ReferenceSet
+    from core.config import is_static_embed_name
     from tasks.embed import embed_documents
     from tasks.ingest import ingest_corpus, load_reference
     from tasks.track import start_run
@@ -119,8 +123,9 @@ def prepare_pool(settings, workdir: Path, data_key: str):
         embedded = embed_documents(settings, ingested, progress=False)
         with db.connect(settings.database, read_only=True) as con:
             chars = [r.n_chars for r in store.documents_metadata(con, RUN_ID)]
-        # ~4 characters per MiniLM word piece, cut at the embedder's window
-        tokens = sum(min(c / 4, settings.embed.max_seq_length) for c in chars)
+        # ~4 characters per MiniLM word piece, cut at the embedder's window; a static model only looks tokens up
+        tokens = 0.0 if is_static_embed_name(settings.embed.model) else sum(
+            min(c / 4, settings.embed.max_seq_length) for c in chars)
         saved = {"key": key, "documents": ingested.documents, "ingest_seconds": ingest_s,
                  "embed_seconds": embedded.seconds, "embed_docs_per_s": embedded.docs_per_s,
                  "embed_flops": EMBED_FLOPS_PER_TOKEN * tokens,
@@ -134,28 +139,35 @@ def prepare_pool(settings, workdir: Path, data_key: str):
     return cost, saved, pool
 
 
-def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost, pool, dsir_cache: dict) -> dict:
-    """The seed's mixtures for every configured method (cached in <workdir>/seed-N/), and its tokenizer."""
-    from benchmarks.selection_methods import mixture_facts, select_for_seed
+def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost, pool, dsir_cache: dict,
+                    methods: list[str]) -> dict:
+    """The seed's mixtures for `methods` (cached per method in <workdir>/seed-N/, keyed by what the method
+    reads), and its tokenizer."""
+    from benchmarks.selection_methods import VARIANTS, mixture_facts, select_for_seed
 
     folder = workdir / f"seed-{settings.seed}"
     cached = folder / "selections.json"
-    key = {"pipeline": settings.model_dump(mode="json", exclude={"run_id", "runner", "serve"}),
-           "methods": cfg.methods, "dsir": cfg.dsir.model_dump(), "data": cfg.data.model_dump()}
-    if cached.exists() and (folder / "tokenizer.json").exists():
-        saved = json.loads(cached.read_text())
-        if saved["key"] == key:
-            return saved
-    if "dsir" in cfg.methods and "weights" not in dsir_cache:
-        dsir_cache["weights"] = _dsir(cfg, settings, files, workdir)
-    reference_domains = {r.get("domain") for r in read_jsonl(files.path("reference_visible"))}
-    methods = select_for_seed(settings, cfg.methods, dsir_cache.get("weights"), reference_domains, pool_cost, *pool)
-    methods = mixture_facts(settings, RUN_ID, methods)
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(settings.stage_dir(RUN_ID) / "tokenizer.json", folder / "tokenizer.json")
-    saved = {"key": key, "methods": methods,
-             "dsir_implementation": dsir_cache["weights"].implementation if "weights" in dsir_cache else None}
-    cached.write_text(json.dumps(saved))
+    saved = json.loads(cached.read_text()) if cached.exists() and (folder / "tokenizer.json").exists() else {}
+    saved.setdefault("methods", {})
+    pipeline = {"pipeline": settings.model_dump(mode="json", exclude={"run_id", "runner", "serve"}),
+                "dsir": cfg.dsir.model_dump(), "data": cfg.data.model_dump()}
+
+    def key(method: str) -> dict:
+        return {**method_view(pipeline, method), "overrides": VARIANTS.get(method, [])}
+
+    missing = [m for m in methods if saved["methods"].get(m, {}).get("key") != key(m)]
+    if missing:
+        if "dsir" in missing and "weights" not in dsir_cache:
+            dsir_cache["weights"] = _dsir(cfg, settings, files, workdir)
+        reference_domains = {r.get("domain") for r in read_jsonl(files.path("reference_visible"))}
+        chosen = select_for_seed(settings, missing, dsir_cache.get("weights"), reference_domains, pool_cost, *pool)
+        for method, entry in mixture_facts(settings, RUN_ID, chosen).items():
+            saved["methods"][method] = {**entry, "key": key(method)}
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(settings.stage_dir(RUN_ID) / "tokenizer.json", folder / "tokenizer.json")
+        if "weights" in dsir_cache:
+            saved["dsir_implementation"] = dsir_cache["weights"].implementation
+        cached.write_text(json.dumps(saved))
     return saved
 
 
@@ -197,8 +209,11 @@ def device_and_versions(eval_device: str) -> tuple[str, dict[str, str]]:
     return device, {"python": platform.python_version(), **found}
 
 
-INFLUENCE_ONLY = ("probe", "distill")
-"""Pipeline sections that only the methods using the influence model read."""
+INFLUENCE_ONLY = ("probe", "distill", "cluster")
+"""Pipeline sections that only the model-aware methods read."""
+STATIC_SELECT = ("token_budget", "exclude_previous")
+TOKENIZER_KEYS = ("vocab_size", "seq_len", "tokenizer_max_docs")
+"""What random, DSIR and the domain mix read of `select` and `proxy` (the tokenizer the evaluator uses)."""
 
 
 def method_view(comparable: dict[str, Any] | None, method: str) -> dict[str, Any] | None:
@@ -209,6 +224,8 @@ def method_view(comparable: dict[str, Any] | None, method: str) -> dict[str, Any
     if comparable is None or method in MODEL_AWARE:
         return comparable
     pipeline = {k: v for k, v in comparable.get("pipeline", {}).items() if k not in INFLUENCE_ONLY}
+    pipeline["select"] = {k: v for k, v in pipeline.get("select", {}).items() if k in STATIC_SELECT}
+    pipeline["proxy"] = {k: v for k, v in pipeline.get("proxy", {}).items() if k in TOKENIZER_KEYS}
     return {**comparable, "pipeline": pipeline}
 
 
@@ -263,7 +280,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     workdir, out = Path(cfg.workdir).resolve(), Path(cfg.out)
     files = prepare(Path(cfg.corpus), Path(cfg.reference), workdir / "data", cfg.data.heldout_fraction,
                     cfg.data.split_seed, cfg.data.pool_heldout_per_domain, cfg.data.pool_max_records,
-                    cfg.data.passage_words)
+                    cfg.data.passage_words, cfg.data.target_domain, cfg.data.target_documents)
     settings = pipeline_settings(cfg, files, workdir)
     device, versions = device_and_versions(eval_cfg.device if eval_cfg.device != "auto" else
                                            ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -296,9 +313,9 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
         if not todo:
             continue
         seed_settings = settings.model_copy(update={"seed": seed})
-        chosen = seed_selections(cfg, seed_settings, files, workdir, pool_cost, pool, dsir_cache)
+        chosen = seed_selections(cfg, seed_settings, files, workdir, pool_cost, pool, dsir_cache, todo)
         print(f"[{time.perf_counter() - clock:.0f} s] seed {seed}: selections ready", flush=True)
-        results["dsir_implementation"] = chosen["dsir_implementation"]
+        results["dsir_implementation"] = chosen.get("dsir_implementation", results.get("dsir_implementation"))
         tokenizer = load_tokenizer(workdir / f"seed-{seed}" / "tokenizer.json")
         sets = build_eval_sets(tokenizer, heldout, pool_heldout, eval_cfg, seed)
         if not texts:
@@ -307,7 +324,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
             selection = chosen["methods"][method]
             stages = [_packed(tokenizer, [texts[d] for d in mixture], eval_cfg.seq_len) for mixture in selection["stages"]]
             run_data = train_and_evaluate(stages, tokenizer.get_vocab_size(), sets, eval_cfg, seed, steps_per_stage)
-            run_data["selection"] = {k: v for k, v in selection.items() if k != "stages"}
+            run_data["selection"] = {k: v for k, v in selection.items() if k not in ("stages", "key")}
             run_data["overhead"] = report.overhead(run_data)
             results["methods"][method]["seeds"][str(seed)] = run_data
             report.summarise(results)

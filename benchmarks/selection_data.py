@@ -12,6 +12,11 @@ From the corpus and its reference set this writes, once per work folder:
 * `pool.jsonl.gz`: the corpus minus `pool_heldout_per_domain` documents of each domain, optionally cut to
   its first `pool_max_records` records (the corpus is shuffled, so a prefix is a mix of all domains).
 * `pool_heldout.jsonl.gz`: those held-out pool documents, for the per-domain held-out loss.
+
+A second kind of target (`target_domain`): instead of the reference file, `target_documents` source documents
+of one pool domain (whole documents, chunks together, at least `TARGET_MIN_CHARS` characters) are taken out of
+the pool and split into the visible and held-out halves the same way, so a method is judged on a target it
+was not tuned to, whose documents it can never select.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 FILES = ("pool", "pool_heldout", "reference_visible", "reference_heldout")
+TARGET_MIN_CHARS = 400
 
 
 @dataclass
@@ -91,28 +97,50 @@ def passages(records: list[dict[str, Any]], words: int, seed: int) -> list[dict[
     return [{**r, "id": f"{i:06d}|{r['id']}"} for i, r in enumerate(pieces)]
 
 
+def target_from_pool(records: list[dict[str, Any]], domain: str, documents: int, seed: int
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(target records, the rest of the pool): `documents` whole source documents of `domain`, seeded."""
+    base = {i: str(r["id"]).split("#", 1)[0] for i, r in enumerate(records)}
+    size: dict[str, int] = defaultdict(int)
+    for i, record in enumerate(records):
+        if (record.get("domain") or "unknown") == domain:
+            size[base[i]] += len(record.get("text") or "")
+    chosen = set(sorted((b for b, n in size.items() if n >= TARGET_MIN_CHARS), key=lambda b: _rank(b, seed))[:documents])
+    if not chosen:
+        raise ValueError(f"no {domain} documents of at least {TARGET_MIN_CHARS} characters for the target")
+    return ([r for i, r in enumerate(records) if base[i] in chosen],
+            [r for i, r in enumerate(records) if base[i] not in chosen])
+
+
 def prepare(corpus: Path, reference: Path, folder: Path, heldout_fraction: float, split_seed: int,
-            pool_heldout_per_domain: int, pool_max_records: int | None, passage_words: int) -> DataFiles:
+            pool_heldout_per_domain: int, pool_max_records: int | None, passage_words: int,
+            target_domain: str | None = None, target_documents: int = 300) -> DataFiles:
     """Write the four files into `folder` unless a previous call with the same arguments already did."""
     files = DataFiles(folder)
     stamp = folder / "data.json"
     args = {"corpus": str(corpus), "reference": str(reference), "heldout_fraction": heldout_fraction,
             "split_seed": split_seed, "pool_heldout_per_domain": pool_heldout_per_domain,
             "pool_max_records": pool_max_records, "passage_words": passage_words}
+    if target_domain:
+        args.update(target_domain=target_domain, target_documents=target_documents)
     if stamp.exists() and json.loads(stamp.read_text()).get("args") == args and all(
             files.path(n).exists() for n in FILES):
         return files
-    visible, heldout = split_reference(list(read_jsonl(reference)), heldout_fraction, split_seed)
-    counts = {"reference_visible_documents": len(visible), "reference_heldout_documents": len(heldout)}
-    counts["reference_visible"] = write_jsonl(files.path("reference_visible"), passages(visible, passage_words,
-                                                                                         split_seed))
-    write_jsonl(files.path("reference_heldout"), heldout)
-
     records = []
     for i, record in enumerate(read_jsonl(corpus)):
         if pool_max_records and i >= pool_max_records:
             break
         records.append(record)
+    if target_domain:
+        target, records = target_from_pool(records, target_domain, target_documents, split_seed)
+    else:
+        target = list(read_jsonl(reference))
+    visible, heldout = split_reference(target, heldout_fraction, split_seed)
+    counts = {"reference_visible_documents": len(visible), "reference_heldout_documents": len(heldout)}
+    counts["reference_visible"] = write_jsonl(files.path("reference_visible"), passages(visible, passage_words,
+                                                                                         split_seed))
+    write_jsonl(files.path("reference_heldout"), heldout)
+
     by_domain: dict[str, list[int]] = defaultdict(list)
     for i, record in enumerate(records):
         if len(record.get("text") or "") >= 200:

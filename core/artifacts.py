@@ -161,27 +161,37 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Probes:
-    """A stage's oracle probes (`probes` rows): exact ones, fast ones, and how well they agree."""
+    """A stage's oracle measurements (`probes` rows) and how the bandit spent them (`oracle_pulls` rows)."""
 
     run_id: str
     stage: int
-    probes: int
-    fast_probes: int
-    exact_mean: float
-    exact_std: float
-    fast_spearman: float | None
-    exact_seconds_per_probe: float
-    fast_seconds_per_probe: float | None
-    TABLES: ClassVar[tuple[str, ...]] = ("probes",)
+    oracle: str  # conditional | one_step
+    measured: int  # documents the oracle measured
+    heldout: int  # of which kept to judge the influence model
+    label_mean: float
+    label_std: float
+    seconds_per_document: float
+    pulls: int
+    arms_pulled: int
+    arm_scores: list[float]  # each arm's posterior reward (models.bandit.arm_scores), by cluster id
+    exact_agreement: float | None  # one_step: Spearman of the fast probe against the exact one on its slice
+    group_rewards: int  # arms with a rollout group reward
+    group_seconds: float
+    oracle_setup_seconds: float  # conditional: the fine-tune on the reference's fit half
+    finetune_step: int | None  # conditional: the fine-tune step kept (0 = the checkpoint itself)
+    seconds: float
+    TABLES: ClassVar[tuple[str, ...]] = ("probes", "oracle_pulls")
 
     def as_metrics(self) -> dict[str, float]:
-        metrics = {"probes": self.probes, "fast_probes": self.fast_probes, "probe_exact_mean": self.exact_mean,
-                   "probe_exact_std": self.exact_std, "probe_exact_s": self.exact_seconds_per_probe,
-                   "exact_probes_per_s": 1.0 / max(self.exact_seconds_per_probe, 1e-12)}
-        if self.fast_spearman is not None:
-            metrics["probe_fast_spearman"] = self.fast_spearman
-            metrics["probe_fast_s"] = self.fast_seconds_per_probe or 0.0
-            metrics["fast_probes_per_s"] = 1.0 / max(self.fast_seconds_per_probe or 0.0, 1e-12)
+        metrics = {"oracle_measured": self.measured, "oracle_pulls": self.pulls, "oracle_arms_pulled": self.arms_pulled,
+                   "oracle_label_mean": self.label_mean, "oracle_label_std": self.label_std,
+                   "oracle_seconds_per_document": self.seconds_per_document,
+                   "oracle_group_rewards": self.group_rewards, "oracle_group_seconds": self.group_seconds,
+                   "oracle_setup_seconds": self.oracle_setup_seconds, "probe_seconds": self.seconds}
+        if self.exact_agreement is not None:
+            metrics["probe_fast_spearman"] = self.exact_agreement
+        if self.finetune_step is not None:
+            metrics["oracle_finetune_step"] = self.finetune_step
         return metrics
 
 
@@ -208,7 +218,7 @@ class Influence:
 
 @dataclass(frozen=True)
 class Selection:
-    """A stage's chosen documents, in selection order, with the selector's trace in `bandit_rounds`."""
+    """A stage's chosen documents, in selection order (`rounds` numbers them), and how they were chosen."""
 
     run_id: str
     stage: int
@@ -221,12 +231,12 @@ class Selection:
     n_rounds: int
     exhausted: bool
     selector: str = "bandit"
-    TABLES: ClassVar[tuple[str, ...]] = ("bandit_rounds",)
+    TABLES: ClassVar[tuple[str, ...]] = ()  # the mixture stage writes it
 
     def as_metrics(self) -> dict[str, float]:
         return {"selected_documents": len(self.doc_ids), "selected_tokens": self.tokens,
                 "token_budget": self.token_budget, "budget_fill": self.tokens / self.token_budget,
-                "bandit_rounds": self.n_rounds, "bandit_pool_exhausted": float(self.exhausted)}
+                "pool_exhausted": float(self.exhausted)}
 
 
 @dataclass(frozen=True)

@@ -111,20 +111,38 @@ class ProxySettings(_Section):
 
 
 class ProbeSettings(_Section):
-    n_probes: int = Field(64, ge=4, description="documents probed per stage")
-    reference_sequences: int = Field(32, ge=1)
-    probe_lr: float | None = Field(None, gt=0, description="learning rate of the probe step; default the trainer's peak lr")
-    fast: bool = Field(True, description="also compute the fast estimate")
+    """The stage's oracle and the bandit that spends it (tasks/probe.py, models/bandit.py)."""
+
+    oracle: Literal["conditional", "one_step"] = Field(
+        "conditional", description="conditional: a document's loss drop under the checkpoint briefly fine-tuned on half "
+                                   "the reference (CoLoR); one_step: MATES's one AdamW step on the document")
+    budget: int = Field(512, ge=8, description="documents the oracle measures per stage")
+    sampling: Literal["bandit", "uniform"] = Field(
+        "bandit", description="bandit: the oracle bandit chooses each pull's arm; uniform: a random sample of the pool")
+    pull_size: int = Field(8, ge=1, description="documents measured per bandit pull")
+    ucb_alpha: float = Field(1.0, ge=0, description="exploration of the oracle bandit")
+    warm_pulls: int = Field(1, ge=0, description="pulls of every arm before the bandit chooses")
+    share_distance: float = Field(0.2, ge=0, le=2, description="rewards are shared with arms whose centroids are closer")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="measured documents kept to judge the influence model")
+    reference_sequences: int = Field(32, ge=1, description="reference rows the losses of probes and rollouts are taken on")
+    finetune_steps: int = Field(128, ge=1, description="conditional oracle: most fine-tuning steps on the fit half")
+    finetune_eval_every: int = Field(16, ge=1, description="conditional oracle: steps between checks on the other half")
+    finetune_lr: float | None = Field(None, gt=0, description="conditional oracle: default the proxy's peak lr")
+    shrink_tokens: float = Field(0.0, ge=0, description="conditional oracle: pseudo-tokens a document's mean drop is "
+                                                         "shrunk by (a length prior)")
+    group_rollouts: bool = Field(True, description="each arm's group reward: a short rollout on a batch of it, minus a "
+                                                   "random pool batch's")
+    rollout_steps: int = Field(4, ge=1)
+    rollout_rows_per_step: int = Field(8, ge=1)
+    control_batches: int = Field(4, ge=1, description="random pool batches the rollout control averages")
+    probe_lr: float | None = Field(None, gt=0, description="one_step: lr of the probe step; default the trainer's peak lr")
     fast_estimator: Literal["shifted", "first_order", "gradient_cosine"] = Field(
-        "shifted", description="the fast probe: first-order estimates of the exact probe, or the cosine between the "
-                               "document's and the reference's gradients (no optimizer state)")
-    fast_label_multiplier: float = Field(4.0, ge=1, description="fast-probed docs per exact-probed doc")
-    heldout_fraction: float = Field(0.25, gt=0, lt=1, description="exact probes kept to judge the influence model")
+        "shifted", description="one_step: the fast probe's estimator (the exact probe runs on a slice)")
+    exact_fraction: float = Field(0.25, ge=0, le=1, description="one_step: share of measured documents probed exactly")
 
 
 class DistillSettings(_Section):
-    labels: Literal["fast", "exact"] = Field("fast", description="train on many fast probes, or on the exact ones")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="training probes set aside for early stopping")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="measured documents set aside for early stopping")
     finetune_encoder: bool | None = Field(
         None, description="fine-tune the encoder end to end; default: on CUDA yes, on CPU a head on stored embeddings")
     hidden_dim: int = Field(128, ge=1)
@@ -134,7 +152,8 @@ class DistillSettings(_Section):
     ranking_weight: float = Field(0.0, ge=0)
     patience: int = Field(30, ge=1)
     features: Literal["embedding", "tokens"] = Field(
-        "embedding", description="what the influence model reads: document embeddings, or the proxy's own tokens")
+        "tokens", description="what the influence model reads: the proxy's own tokens (ridge weights per token), or "
+                              "the document embeddings (an MLP head, or the encoder fine-tuned)")
     reference_prior: float = Field(
         0.0, ge=0, description="token model only: weight of a DSIR-style prior (reference vs pool token log-ratio), "
                                "in units of the probes' spread")
@@ -143,16 +162,13 @@ class DistillSettings(_Section):
 
 
 class SelectSettings(_Section):
-    method: Literal["bandit", "topk"] = Field(
-        "bandit", description="bandit: the cluster bandit over the influence scores; topk: Gumbel-top-k on them")
+    method: Literal["bandit", "topk", "arms"] = Field(
+        "bandit", description="bandit: the influence scores plus each arm's measured reward; topk: the scores alone; "
+                              "arms: the arm rewards alone")
     token_budget: int = Field(50_000, ge=1, description="tokens per stage's mixture")
-    ucb_alpha: float = Field(1.0, ge=0)
-    arms_per_round: int = Field(2, ge=1)
-    sample_per_arm: int = Field(4, ge=1)
-    exploit_batch: int = Field(16, ge=0)
-    reward_threshold: float = 0.0
-    share_distance: float = Field(0.2, ge=0, le=2)
-    temperature: float = Field(0.5, gt=0, description="Gumbel-top-k temperature inside a pulled cluster")
+    arm_weight: float = Field(1.0, ge=0, description="bandit: weight of an arm's measured reward (z units) in the ranking")
+    prior_pulls: float = Field(2.0, ge=0, description="bandit: pseudo-pulls an arm's reward is shrunk toward 0 by")
+    temperature: float = Field(0.0, ge=0, description="Gumbel-top-k temperature over the ranking; 0 = plain top-k")
     exclude_previous: bool = True
 
 
@@ -228,8 +244,9 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _settings_agree(self) -> Settings:
         """Values that are each fine but make no sense together; the message names the one to change."""
-        if self.distill.labels == "fast" and not self.probe.fast:
-            raise ValueError("setting `distill.labels`: 'fast' needs probe.fast = true")
+        if self.probe.pull_size > self.probe.budget:
+            raise ValueError(f"setting `probe.pull_size`: {self.probe.pull_size} is above probe.budget = "
+                             f"{self.probe.budget}")
         if self.distill.finetune_encoder and is_static_embed_name(self.embed.model):
             raise ValueError(f"setting `distill.finetune_encoder`: embed.model = {self.embed.model!r} is a static "
                              "model, which has no encoder to fine-tune")

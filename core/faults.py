@@ -23,9 +23,9 @@ ENV = "INFLUMIX_FAILPOINT"
 POINTS: dict[str, str] = {
     "ingest.record": "each corpus record read, inside the ingest transaction (mid-file)",
     "embed.batch": "each embedding page encoded by a shard worker (mid-batch loop)",
-    "probe.shard": "after a probe shard's exact probes, before its fast probes and its output file",
+    "probe.pull": "each pull of the oracle bandit, before the oracle measures its documents",
+    "probe.write": "after a stage's probes are written, before their oracle pulls and the commit",
     "distill.page": "each page the distilled influence model scores",
-    "select.rounds": "after the bandit's rounds are written, before that transaction commits",
     "mixture.write": "after a mixture's header is written, before its members and the commit",
 }
 

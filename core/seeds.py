@@ -22,14 +22,16 @@ PURPOSES = (
     "warmup_sample",      # stage 0's uniform training sample of the pool
     "tokenizer_sample",   # the documents the BPE tokenizer (and the reference prior's pool side) learn from
     "candidates",         # the cluster-stratified order in which a stage probes and selects documents
-    "probe_split",        # which exact probes are held out to judge the influence model
+    "probe_split",        # which measured documents are held out to judge the influence model
     "distill",            # the influence model's early-stopping split and initial weights
     "select",             # the selector's own draws (bandit sampling, Gumbel keys)
     "rollout",            # the documents a rollout probe trains on, and its control batch
     "reference_split",    # the halves of the visible reference (cross-fitting)
     "evaluator",          # benchmarks: the evaluator LM's weights and batch order
     "benchmark",          # benchmarks: their own draws (random baselines, DSIR resampling)
+    "oracle",             # the oracle bandit's arm queues and warm-up order
 )
+"""Append new purposes at the end: a purpose's stream is keyed by its position in this tuple."""
 
 
 def seed_sequence(seed: int, purpose: str, stage: int | None = None, method: int = 0) -> np.random.SeedSequence:

@@ -37,20 +37,20 @@ class RunRow(NamedTuple):
 class ProbeRow(NamedTuple):
     doc_id: str
     stage: int
+    label: float | None  # the oracle's value: what the influence model learns
     exact_score: float | None
     fast_score: float | None
     split: str  # train | heldout
 
 
-class BanditRound(NamedTuple):
-    round: int
+class OraclePull(NamedTuple):
+    pull: int
     cluster_id: int
-    ucb: float
-    n_sampled: int
+    ucb: float | None
+    n_measured: int
+    mean_value: float | None
+    group_reward: float | None
     reward: float
-    n_selected: int
-    tokens_selected: int
-    tokens_total: int
 
 
 class DocumentMeta(NamedTuple):
@@ -113,6 +113,11 @@ def documents_metadata(con, run_id: str) -> list[DocumentMeta]:
 
 def reference_texts(con, run_id: str) -> list[str]:
     return [r.text for r in db.records(con, "reference_texts", {"run_id": run_id})]
+
+
+def reference_documents(con, run_id: str) -> list[tuple[str, str]]:
+    """(ref_id, text) of the run's reference documents, by ref_id."""
+    return [(r.ref_id, r.text) for r in db.records(con, "reference_texts", {"run_id": run_id})]
 
 
 def warmup_texts(con, run_id: str, seed: int, budget: int) -> list[str]:
@@ -197,8 +202,8 @@ def stage_scores(con, run_id: str, stage: int) -> dict[str, float]:
     return {r.doc_id: r.score for r in db.records(con, "stage_scores", {"run_id": run_id, "stage": stage})}
 
 
-def bandit_rounds(con, run_id: str, stage: int) -> list[BanditRound]:
-    return db.records(con, "load_bandit_rounds", {"run_id": run_id, "stage": stage}, as_type=BanditRound)
+def oracle_pulls(con, run_id: str, stage: int) -> list[OraclePull]:
+    return db.records(con, "load_oracle_pulls", {"run_id": run_id, "stage": stage}, as_type=OraclePull)
 
 
 # ----------------------------------------------------------------------------------- the mixture

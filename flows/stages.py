@@ -40,9 +40,9 @@ def model_aware_stages(settings: Settings, corpus: Corpus, steps: StageSteps, st
         previous = results[-1] if results else None
         checkpoint = steps.pretrain(settings, tokenized, stage, previous.checkpoint if previous else None,
                                     previous.mixture if previous else None)
-        probes = steps.probe(settings, checkpoint, tokenized)
+        probes = steps.probe(settings, checkpoint, tokenized, clustered)
         influence = steps.distill(settings, probes, tokenized, embedded)
-        selection = steps.select(settings, influence, clustered)
+        selection = steps.select(settings, influence, clustered, probes)
         mixture = steps.write(settings, selection)
         results.append(StageResult(checkpoint, probes, influence, selection, mixture))
     return results

@@ -76,11 +76,13 @@ def run_facts(result: RunResult, seconds: float) -> dict[str, Any]:
     for stage in result.stages:
         s = stage.checkpoint.stage
         facts[f"stage {s} proxy LM reference loss"] = float(stage.checkpoint.reference_loss)
-        facts[f"stage {s} exact probes taken"] = int(stage.probes.probes)
-        if stage.probes.fast_probes:
-            facts[f"stage {s} fast probes taken"] = int(stage.probes.fast_probes)
-        if stage.probes.fast_spearman is not None:
-            facts[f"stage {s} fast-vs-exact probe Spearman"] = float(stage.probes.fast_spearman)
+        probes = stage.probes
+        facts[f"stage {s} documents measured ({probes.oracle} oracle)"] = (
+            f"{probes.measured:,} in {probes.pulls} pulls over {probes.arms_pulled} arms")
+        if probes.group_rewards:
+            facts[f"stage {s} arm rollouts (group rewards)"] = int(probes.group_rewards)
+        if probes.exact_agreement is not None:
+            facts[f"stage {s} fast-vs-exact probe Spearman"] = float(probes.exact_agreement)
         facts[f"stage {s} influence model held-out Spearman"] = float(stage.influence.heldout_spearman)
         facts[f"stage {s} tokens selected / budget"] = f"{stage.selection.tokens:,} / {stage.selection.token_budget:,}"
     facts["wall time (s)"] = round(seconds, 1)

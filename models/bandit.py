@@ -1,290 +1,207 @@
-"""Quad-style cluster bandit: pick a mixture under a token budget that balances quality and diversity.
+"""The oracle bandit: it decides where a stage's oracle budget is spent, and learns which arms are good.
 
-Why a bandit: plain top-k on influence scores piles the whole budget into the one region of embedding
-space the influence model likes best (DSIR took 99.7% news here). Treating each k-means cluster as an arm
-keeps exploring other clusters while exploiting the good ones, and a cluster is only "opened" after a
-small sample of it proved good.
+Why a bandit: the oracle (a real measurement of what documents do to the reference loss, see
+tasks/probe.py) is the expensive part of a stage, and the pool is far larger than what it can measure.
+The arms are k-means clusters of the pool; most of them hold nothing the target needs. A bandit spends the
+budget where measurements have been good, so the influence model that learns from the measurements
+(tasks/distill.py) sees most of the regions the selection will draw from, and the arms' own measured
+rewards say which regions to draw from (tasks/select.py).
 
-Algorithm (pure numpy, deterministic for `cfg.seed`):
-  1. z = influence scores standardised over the available documents (so `reward_threshold` and
-     `temperature` mean the same thing whatever the probe's units).
-  2. Arm j keeps a weighted pull count n_j and reward sum s_j; mean_j = s_j / n_j (0 while n_j = 0).
-  3. Each round, over arms that still have unseen available documents, compute
-        CS_j = mean_j + alpha * sqrt(2 ln(N + 1) / (n_j + 1))      (N = number of real pulls so far)
-     and pull the `arms_per_round` best (exact ties broken by the seeded rng). Arms are processed in
-     that order, one after another, so the budget seen by the second reflects the first's picks.
-  4. A pull first drops the arm's unseen documents that can no longer fit in the remaining budget (the
-     selected token count only grows, so they never will), then draws `sample_per_arm` unseen documents
-     uniformly: reward = mean(z of the sample) - reward_threshold. Sampled documents become "seen".
-     If reward > 0 the sample is selected plus up to `exploit_batch` further unseen documents of the arm
-     chosen by Gumbel-top-k on z / temperature (MATES-style soft top-k; temperature 0 = plain top-k).
-     If reward <= 0 nothing of that arm is selected this round.
-  5. Reward sharing: arm j is updated with weight 1 and every arm i whose centroid cosine distance
-     d(i, j) < share_distance with weight 1 - d / share_distance (s_i += w * reward, n_i += w), so a
-     near-duplicate cluster inherits its twin's evidence without being sampled.
-  6. A document is selected only if it fits (tokens_total + tokens <= token_budget), so the budget is
-     never exceeded; a document that does not fit is marked seen. No document is selected twice.
-  7. Stop when the remaining budget is smaller than the smallest unseen document ("budget"), when every
-     available document has been seen ("exhausted": the budget is NOT topped up with documents the
-     bandit rejected; the caller sees `exhausted=True`), or after `max_rounds`. Every pull sees at least
-     one document or empties its arm, so the loop terminates even if all rewards stay negative.
+Algorithm (pure numpy; deterministic for `cfg.seed`; `measure` is the caller's oracle):
+  1. Each arm's documents are put in a queue once: a seeded random order (`queue_keys`), so the documents a
+     pull measures are an unbiased sample of the arm (they also train the influence model). Building the
+     queues is one argsort: O(N log N) in the pool.
+  2. Warm-up: every non-empty arm is pulled `warm_pulls` times, in a seeded order, so no arm's reward is
+     unknown and the reward scale (below) is set by a sample of the whole pool.
+  3. Then each pull goes to the arm with the largest upper confidence bound
+        UCB_j = mean_j + ucb_alpha * sqrt(2 ln(N) / n_j)          (N pulls so far, n_j this arm's weight)
+     among arms with documents left in their queue (exact ties: the lower arm id).
+  4. A pull takes the next `pull_size` documents of the arm's queue (a pointer: no rescans of the arm) and
+     calls `measure(arm, documents)`, which returns one oracle value per document and, optionally, a group
+     reward for the pull (a rollout on the batch, minus a control). The pull's reward is the mean of the
+     documents' values in units of the warm-up values' spread (median / MAD, robust to a few outliers), plus
+     the group reward (in its own units of spread over the pulls that had one) when there is one: what was
+     measured, never what a model predicts.
+  5. Reward sharing (Quad): arm i whose centroid is within cosine distance `share_distance` of the pulled arm
+     j is updated with weight 1 - d(i, j) / share_distance (arm j itself with weight 1).
+  6. Stop when `budget` documents were measured or every queue is empty.
+Cost: O(N log N) for the queues, then O(pulls x k) for the UCB and sharing updates, independent of N.
+
+`arm_scores` turns the trace into one number per arm for the selection: the posterior mean reward, shrunk
+toward 0 by `prior_pulls` pseudo-pulls (an arm measured once is not trusted like one measured ten times);
+arms never pulled get 0.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 
-@dataclass
-class BanditConfig:
-    """Knobs of `select_with_bandit`; mirrors `core.config.SelectSettings`."""
-
-    token_budget: int
+@dataclass(frozen=True)
+class OracleBanditConfig:
+    budget: int  # documents the oracle measures in this stage
+    pull_size: int = 8
     ucb_alpha: float = 1.0
-    arms_per_round: int = 2
-    sample_per_arm: int = 4
-    exploit_batch: int = 16
-    reward_threshold: float = 0.0
+    warm_pulls: int = 1
     share_distance: float = 0.2
-    temperature: float = 0.5
-    max_rounds: int = 100_000
     seed: int = 0
 
 
 @dataclass
-class SelectionResult:
-    """The chosen mixture plus enough of the bandit's trace to explain why."""
+class Measurement:
+    """What the oracle returned for one pull: a value per document, and the batch's group reward if measured."""
 
-    selected: np.ndarray  # doc indices, in selection order
-    selected_round: np.ndarray  # round in which each selected doc was taken
-    rounds: list[dict[str, Any]]  # one entry per pull, in pull order (`pull` counts them)
-    tokens_total: int
-    arm_means: np.ndarray  # final mean reward per arm (0 for never-updated arms)
-    exhausted: bool  # every available doc was seen before the budget was filled
-    arm_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # weighted n_j (incl. shared)
-    arm_pulls: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # real pulls
-    n_seen: int = 0  # docs looked at (sampled, exploited or skipped): the scoring cost
-    stop_reason: str = ""  # "budget" | "exhausted" | "max_rounds"
+    values: np.ndarray
+    group: float | None = None
 
 
-# ------------------------------------------------------------------------------------------- helpers
+@dataclass
+class Pull:
+    pull: int
+    arm: int
+    ucb: float  # inf during the warm-up
+    documents: np.ndarray  # indices into the pool
+    values: np.ndarray
+    reward: float
+    group: float | None
 
 
-def standardise_scores(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """z-score with mean/std taken over `mask` only; a constant pool gets std 1 (all z = 0)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    z = np.zeros_like(scores)
-    if mask.any():
-        ref = scores[mask]
-        if not np.isfinite(ref).all():
-            raise ValueError("scores of available documents must be finite")
-        std = float(ref.std())
-        z[mask] = (ref - ref.mean()) / (std if std > 1e-12 else 1.0)
-    return z
+@dataclass
+class OracleTrace:
+    """Every pull in order, and each arm's weighted pull count and reward sum after the last one."""
+
+    pulls: list[Pull]
+    weight: np.ndarray
+    reward_sum: np.ndarray
+    stop_reason: str  # "budget" | "exhausted"
+    scale: tuple[float, float] = (0.0, 1.0)  # (centre, spread) the document values were put in units of
+
+    @property
+    def measured(self) -> np.ndarray:
+        """Indices of every measured document, in pull order."""
+        return np.concatenate([p.documents for p in self.pulls]) if self.pulls else np.zeros(0, dtype=np.int64)
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.concatenate([p.values for p in self.pulls]) if self.pulls else np.zeros(0)
 
 
-def gumbel_keys(z: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """Sort keys for Gumbel-top-k: z / T + Gumbel(0, 1); T = 0 returns z itself (plain top-k).
-
-    Taking the top-k keys samples k items without replacement with probability proportional to
-    exp(z / T): a soft top-k that keeps some diversity inside a good pool.
-    """
-    if temperature <= 0:
-        return np.asarray(z, dtype=np.float64)
-    return np.asarray(z, dtype=np.float64) / temperature + rng.gumbel(size=len(z))
+def queue_keys(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(n)
 
 
-def cosine_distance_matrix(centroids: np.ndarray) -> np.ndarray:
-    """[k, k] cosine distances 1 - cos, in [0, 2]; a zero centroid is at distance 1 from everything."""
-    unit = _unit_rows(centroids)
-    d = 1.0 - unit @ unit.T
-    np.fill_diagonal(d, 0.0)
-    return np.clip(d, 0.0, 2.0)
+def arm_queues(arm_of: np.ndarray, k: int, keys: np.ndarray) -> list[np.ndarray]:
+    """Each arm's documents in `keys` order: one argsort of (arm, key) over the pool."""
+    order = np.lexsort((keys, arm_of))
+    bounds = np.searchsorted(arm_of[order], np.arange(k + 1))
+    return [order[bounds[j]:bounds[j + 1]] for j in range(k)]
 
 
-def _unit_rows(centroids: np.ndarray) -> np.ndarray:
-    c = np.asarray(centroids, dtype=np.float64)
-    norms = np.linalg.norm(c, axis=1, keepdims=True)
-    return np.divide(c, norms, out=np.zeros_like(c), where=norms > 0)
+def share_weights(centroids: np.ndarray, share_distance: float) -> np.ndarray:
+    """[k, k]: how much a pull of arm j (column) counts for arm i (row)."""
+    unit = np.asarray(centroids, dtype=np.float64)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    distance = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    weights = np.zeros_like(distance)
+    if share_distance > 0:
+        near = distance < share_distance
+        weights[near] = 1.0 - distance[near] / share_distance
+    np.fill_diagonal(weights, 1.0)
+    return weights
 
 
-def _validate(
-    cluster_ids: np.ndarray, scores: np.ndarray, tokens: np.ndarray, k: int, available: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    cluster_ids = np.asarray(cluster_ids).astype(np.int64).reshape(-1)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    tokens = np.asarray(tokens).astype(np.int64).reshape(-1)
-    n = len(cluster_ids)
-    if len(scores) != n or len(tokens) != n:
-        raise ValueError(
-            f"cluster_ids, scores, tokens must have one entry per doc ({n}, {len(scores)}, {len(tokens)})"
-        )
-    if n and (cluster_ids.min() < 0 or cluster_ids.max() >= k):
-        raise ValueError(f"cluster ids must lie in [0, {k}) (one centroid per cluster)")
-    if n and tokens.min() < 0:
-        raise ValueError("token counts must be >= 0")
-    avail = np.ones(n, dtype=bool) if available is None else np.asarray(available, dtype=bool).reshape(-1)
-    if len(avail) != n:
-        raise ValueError("available must have one entry per doc")
-    return cluster_ids, scores, tokens, avail
+def robust_scale(values: np.ndarray) -> tuple[float, float]:
+    """(median, 1.4826 x MAD) of `values`, falling back to the std, then 1, for a degenerate sample."""
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return 0.0, 1.0
+    centre = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - centre)))
+    if spread <= 1e-12:
+        spread = float(values.std()) or 1.0
+    return centre, spread
 
 
-def _group_by_arm(cluster_ids: np.ndarray, avail: np.ndarray, k: int) -> list[np.ndarray]:
-    """Available doc indices of each arm (one stable argsort instead of k boolean scans)."""
-    idx = np.flatnonzero(avail)
-    idx = idx[np.argsort(cluster_ids[idx], kind="stable")]
-    bounds = np.searchsorted(cluster_ids[idx], np.arange(k + 1))
-    return [idx[bounds[j] : bounds[j + 1]] for j in range(k)]
+class _GroupScale:
+    """The spread of group rewards seen so far (rewards are already control-centred)."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def __call__(self, group: float | None) -> float:
+        if group is None or not np.isfinite(group):
+            return 0.0
+        self.seen.append(group)
+        spread = float(np.std(self.seen)) if len(self.seen) > 1 else abs(group)
+        return group / spread if spread > 1e-15 else 0.0
 
 
-class _MinUnseenTokens:
-    """Smallest token count among unseen docs, amortised O(n) overall (pointer over a sorted order)."""
-
-    def __init__(self, tokens: np.ndarray, candidates: np.ndarray) -> None:
-        self.tokens = tokens
-        self.order = candidates[np.argsort(tokens[candidates], kind="stable")]
-        self.pos = 0
-
-    def __call__(self, seen: np.ndarray) -> int | None:
-        while self.pos < len(self.order) and seen[self.order[self.pos]]:
-            self.pos += 1
-        return None if self.pos == len(self.order) else int(self.tokens[self.order[self.pos]])
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional for this module
-        return None
-    return tqdm(total=total, desc="bandit selection", unit="tok", leave=False, disable=None)
-
-
-# -------------------------------------------------------------------------------------------- bandit
-
-
-def select_with_bandit(
-    cluster_ids: np.ndarray,
-    scores: np.ndarray,
-    tokens: np.ndarray,
-    centroids: np.ndarray,
-    cfg: BanditConfig,
-    available: np.ndarray | None = None,
-    progress: bool = True,
-) -> SelectionResult:
-    """Run the cluster bandit (see module docstring) and return the selected docs in order."""
-    centroids = np.asarray(centroids, dtype=np.float64)
+def spend_oracle(arm_of: np.ndarray, centroids: np.ndarray, measure: Callable[[int, np.ndarray], Measurement],
+                 cfg: OracleBanditConfig) -> OracleTrace:
+    """Spend `cfg.budget` oracle measurements over the arms (see the module docstring)."""
+    arm_of = np.asarray(arm_of, dtype=np.int64)
     k = len(centroids)
-    cluster_ids, scores, tokens, avail = _validate(cluster_ids, scores, tokens, k, available)
+    if len(arm_of) and (arm_of.min() < 0 or arm_of.max() >= k):
+        raise ValueError(f"arm ids must lie in [0, {k}) (one centroid per arm)")
     rng = np.random.default_rng(cfg.seed)
-    z = standardise_scores(scores, avail)
-    unit = _unit_rows(centroids)
+    queues = arm_queues(arm_of, k, queue_keys(len(arm_of), rng))
+    head = np.zeros(k, dtype=np.int64)
+    sharing = share_weights(centroids, cfg.share_distance)
+    weight, reward_sum = np.zeros(k), np.zeros(k)
+    pulls: list[Pull] = []
+    spent, scale, group_scale = 0, None, _GroupScale()
+    warm_order = [int(a) for a in rng.permutation(k) if len(queues[a])] * cfg.warm_pulls
+    pending_warm: list[tuple[int, np.ndarray, Measurement]] = []
 
-    seen = ~avail  # unavailable docs count as already seen: never sampled, never selected
-    # unseen available docs per arm; only a pulled arm's docs ever become seen, so only it is refreshed
-    members = _group_by_arm(cluster_ids, avail, k)
-    n_unseen = np.array([len(m) for m in members], dtype=np.int64)
-    min_unseen = _MinUnseenTokens(tokens, np.flatnonzero(avail))
-    weight = np.zeros(k)
-    reward_sum = np.zeros(k)
-    pulls = np.zeros(k, dtype=np.int64)
-    selected: list[int] = []
-    selected_round: list[int] = []
-    rounds: list[dict[str, Any]] = []
-    tokens_total = 0
-    budget = int(cfg.token_budget)
-    bar = _progress_bar(budget, progress)
-    stop_reason = "max_rounds"
+    def left(arm: int) -> int:
+        return len(queues[arm]) - int(head[arm])
 
-    for rnd in range(cfg.max_rounds):
-        smallest = min_unseen(seen)
-        if smallest is None:
-            stop_reason = "exhausted" if tokens_total < budget else "budget"
+    def take(arm: int) -> np.ndarray:
+        n = min(cfg.pull_size, left(arm), cfg.budget - spent)
+        docs = queues[arm][head[arm]:head[arm] + n]
+        head[arm] += n
+        return docs
+
+    def record(arm: int, ucb: float, docs: np.ndarray, measured: Measurement) -> None:
+        centre, spread = scale
+        values = np.asarray(measured.values, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        reward = (float(finite.mean()) - centre) / spread if len(finite) else 0.0
+        reward += group_scale(measured.group)
+        weight[:] += sharing[:, arm]
+        reward_sum[:] += sharing[:, arm] * reward
+        pulls.append(Pull(len(pulls), arm, ucb, docs, values, reward, measured.group))
+
+    for arm in warm_order:  # measured first, rewarded once the warm-up values set the scale
+        if spent >= cfg.budget or left(arm) == 0:
+            continue
+        docs = take(arm)
+        spent += len(docs)
+        pending_warm.append((arm, docs, measure(arm, docs)))
+    scale = robust_scale(np.concatenate([m.values for _, _, m in pending_warm])) if pending_warm else (0.0, 1.0)
+    for arm, docs, measured in pending_warm:
+        record(arm, float("inf"), docs, measured)
+
+    stop_reason = "budget"
+    while spent < cfg.budget:
+        live = np.array([left(a) > 0 for a in range(k)])
+        if not live.any():
+            stop_reason = "exhausted"
             break
-        if budget - tokens_total < smallest:
-            stop_reason = "budget"
-            break
-        live = np.flatnonzero(n_unseen > 0)
+        n_total = max(len(pulls), 1)
         mean = np.divide(reward_sum, weight, out=np.zeros(k), where=weight > 0)
-        ucb = mean + cfg.ucb_alpha * np.sqrt(2.0 * np.log(pulls.sum() + 1.0) / (weight + 1.0))
-        order = live[np.lexsort((rng.random(len(live)), -ucb[live]))][: cfg.arms_per_round]
+        ucb = mean + cfg.ucb_alpha * np.sqrt(2.0 * np.log(n_total + 1.0) / np.maximum(weight, 1e-9))
+        ucb[~live] = -np.inf
+        arm = int(np.argmax(ucb))
+        docs = take(arm)
+        spent += len(docs)
+        record(arm, float(ucb[arm]), docs, measure(arm, docs))
+    return OracleTrace(pulls, weight, reward_sum, stop_reason, scale)
 
-        for arm in order:
-            arm = int(arm)
-            pool = members[arm]
-            remaining = budget - tokens_total
-            too_big = pool[tokens[pool] > remaining]
-            seen[too_big] = True
-            pool = pool[tokens[pool] <= remaining]
-            members[arm], n_unseen[arm] = pool, len(pool)
-            if len(pool) == 0:
-                continue
-            sample = rng.choice(pool, size=min(cfg.sample_per_arm, len(pool)), replace=False)
-            seen[sample] = True
-            reward = float(z[sample].mean()) - cfg.reward_threshold
-            picks = np.empty(0, dtype=np.int64)
-            if reward > 0:
-                rest = pool[~seen[pool]]
-                if cfg.exploit_batch > 0 and len(rest):
-                    keys = gumbel_keys(z[rest], cfg.temperature, rng)
-                    top = rest[np.argsort(-keys, kind="stable")[: cfg.exploit_batch]]
-                    seen[top] = True
-                    picks = np.concatenate([sample, top])
-                else:
-                    picks = sample
-            n_sel, tok_sel = 0, 0
-            for doc in picks:
-                t = int(tokens[doc])
-                if tokens_total + t <= budget:
-                    tokens_total += t
-                    tok_sel += t
-                    n_sel += 1
-                    selected.append(int(doc))
-                    selected_round.append(rnd)
-            members[arm] = pool[~seen[pool]]
-            n_unseen[arm] = len(members[arm])
 
-            # reward sharing with near-duplicate clusters (weight 1 for the pulled arm itself)
-            pulls[arm] += 1
-            w = np.zeros(k)
-            if cfg.share_distance > 0:
-                d = np.clip(1.0 - unit @ unit[arm], 0.0, 2.0)
-                near = d < cfg.share_distance
-                w[near] = 1.0 - d[near] / cfg.share_distance
-            w[arm] = 1.0
-            weight += w
-            reward_sum += w * reward
-            rounds.append(
-                {
-                    "pull": len(rounds),
-                    "round": rnd,
-                    "cluster_id": arm,
-                    "ucb": float(ucb[arm]),
-                    "n_sampled": len(sample),
-                    "reward": reward,
-                    "n_selected": n_sel,
-                    "tokens_selected": tok_sel,
-                    "tokens_total": tokens_total,
-                }
-            )
-            if bar is not None and tok_sel:
-                bar.update(tok_sel)
-    if bar is not None:
-        bar.close()
-
-    return SelectionResult(
-        selected=np.asarray(selected, dtype=np.int64),
-        selected_round=np.asarray(selected_round, dtype=np.int64),
-        rounds=rounds,
-        tokens_total=tokens_total,
-        arm_means=np.divide(reward_sum, weight, out=np.zeros(k), where=weight > 0),
-        exhausted=stop_reason == "exhausted",
-        arm_weights=weight,
-        arm_pulls=pulls,
-        n_seen=int(seen[avail].sum()),
-        stop_reason=stop_reason,
-    )
+def arm_scores(trace: OracleTrace, prior_pulls: float = 2.0) -> np.ndarray:
+    """Each arm's posterior mean reward, shrunk toward 0 by `prior_pulls` pseudo-pulls (0 if never pulled)."""
+    return trace.reward_sum / (trace.weight + prior_pulls)

@@ -1,18 +1,39 @@
-"""Budget-respecting baseline selectors the bandit is compared against.
+"""Budget-respecting selection by score: what every selector ends in.
 
 * `select_random`: uniform random mixture; the floor every selector must beat.
-* `select_topk`: MATES-style Gumbel-top-k on influence scores (temperature 0 = plain top-k); the
-  quality-only end of the quality/diversity trade-off.
+* `select_topk`: MATES-style Gumbel-top-k on scores (temperature 0 = plain top-k).
 
 Both fill the budget greedily in their ranking order and skip documents that do not fit, so they never
-exceed `budget` and return doc indices in selection order (int64), like `SelectionResult.selected`.
+exceed `budget`, and return document indices in selection order (int64). O(N log N): one sort.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .bandit import gumbel_keys, standardise_scores
+
+def standardise_scores(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """z-score with mean/std taken over `mask` only; a constant pool gets std 1 (all z = 0)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    z = np.zeros_like(scores)
+    if mask.any():
+        ref = scores[mask]
+        if not np.isfinite(ref).all():
+            raise ValueError("scores of available documents must be finite")
+        std = float(ref.std())
+        z[mask] = (ref - ref.mean()) / (std if std > 1e-12 else 1.0)
+    return z
+
+
+def gumbel_keys(z: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Sort keys for Gumbel-top-k: z / T + Gumbel(0, 1); T = 0 returns z itself (plain top-k).
+
+    Taking the top-k keys samples k items without replacement with probability proportional to
+    exp(z / T): a soft top-k that keeps some diversity inside a good pool.
+    """
+    if temperature <= 0:
+        return np.asarray(z, dtype=np.float64)
+    return np.asarray(z, dtype=np.float64) / temperature + rng.gumbel(size=len(z))
 
 
 def _mask(n: int, available: np.ndarray | None) -> np.ndarray:
@@ -23,21 +44,32 @@ def _mask(n: int, available: np.ndarray | None) -> np.ndarray:
 
 
 def greedy_fill(order: np.ndarray, tokens: np.ndarray, budget: int) -> np.ndarray:
-    """Walk `order`, taking each doc that still fits; stop early once nothing left can fit."""
+    """Walk `order`, taking each doc that still fits; stop early once nothing left can fit.
+
+    Vectorised: the prefix that fits whole is taken in one cumulative sum, and only the tail past the first
+    document that overflows is walked one by one (it stops as soon as the budget is below every remaining
+    document), so a million-document pool costs one sort and one pass.
+    """
+    order = np.asarray(order, dtype=np.int64)
     if len(order) == 0:
         return np.zeros(0, dtype=np.int64)
     tok = tokens[order]
-    # suffix minimum of token counts: once the remaining budget is below it, nothing further fits
-    suffix_min = np.minimum.accumulate(tok[::-1])[::-1]
-    taken: list[int] = []
-    total = 0
-    for i, (doc, t) in enumerate(zip(order.tolist(), tok.tolist())):
-        if budget - total < suffix_min[i]:
-            break
-        if total + t <= budget:
-            total += t
-            taken.append(doc)
-    return np.asarray(taken, dtype=np.int64)
+    fits = int(np.searchsorted(np.cumsum(tok), budget, side="right"))
+    taken = [order[:fits]]
+    total = int(tok[:fits].sum())
+    rest, rest_tok = order[fits:], tok[fits:]
+    if len(rest):
+        # suffix minimum of token counts: once the remaining budget is below it, nothing further fits
+        suffix_min = np.minimum.accumulate(rest_tok[::-1])[::-1]
+        extra: list[int] = []
+        for i, (doc, t) in enumerate(zip(rest.tolist(), rest_tok.tolist(), strict=True)):
+            if budget - total < suffix_min[i]:
+                break
+            if total + t <= budget:
+                total += t
+                extra.append(doc)
+        taken.append(np.asarray(extra, dtype=np.int64))
+    return np.concatenate(taken).astype(np.int64)
 
 
 def select_random(

@@ -123,14 +123,14 @@ def pack_sequences(token_lists: list[list[int]], seq_len: int, eos_id: int) -> t
     return rows, n_tokens
 
 
-def save_token_rows(path: str | Path, rows: torch.Tensor) -> None:
-    """Packed token rows ([n, seq_len] int64) as safetensors: data only, nothing unpickled on load."""
-    save_file({"rows": rows.to(torch.long).contiguous()}, str(path))
+def save_token_rows(path: str | Path, parts: dict[str, torch.Tensor]) -> None:
+    """Named sets of packed token rows ([n, seq_len] int64) as safetensors: data only, nothing unpickled on load."""
+    save_file({name: rows.to(torch.long).contiguous() for name, rows in parts.items()}, str(path))
 
 
-def load_token_rows(path: str | Path, limit: int | None = None) -> torch.Tensor:
-    """The first `limit` (all if None) rows saved by `save_token_rows`."""
-    rows = load_file(str(path))["rows"]
+def load_token_rows(path: str | Path, limit: int | None = None, part: str = "rows") -> torch.Tensor:
+    """The first `limit` (all if None) rows of set `part` saved by `save_token_rows`."""
+    rows = load_file(str(path))[part]
     return rows if limit is None else rows[:limit]
 
 
@@ -149,9 +149,25 @@ def document_tensor(token_ids: list[int], seq_len: int, eos_id: int) -> torch.Te
     return torch.tensor([ids], dtype=torch.long)
 
 
+CHARS_PER_TOKEN_CUT = 16
+"""`probe_inputs` encodes only a text's first `seq_len * 16` characters (~5x the corpus's 3.4 characters per
+token), so a 200k-character document costs what a short one does."""
+
+
 def probe_inputs(tokenizer, texts: list[str], seq_len: int) -> list[list[int]]:
-    """The token ids a probe trains on for each text: `document_tensor` of its proxy-BPE encoding."""
+    """The token ids a probe trains on for each text: `document_tensor` of its proxy-BPE encoding.
+
+    Exact, not approximate: BPE merges never cross the pre-tokenizer's word boundaries, so the tokens before
+    the last (possibly cut) word of a prefix are the full text's. A prefix that yields fewer than
+    `seq_len + CHARS_PER_TOKEN_CUT` tokens is encoded again whole.
+    """
     from models.tokenizer import EOS_TOKEN, encode_documents
 
     eos = tokenizer.token_to_id(EOS_TOKEN)
-    return [document_tensor(ids, seq_len, eos)[0].tolist() for ids in encode_documents(tokenizer, texts)]
+    limit = seq_len * CHARS_PER_TOKEN_CUT
+    encoded = encode_documents(tokenizer, [t[:limit] for t in texts])
+    again = [i for i, (t, ids) in enumerate(zip(texts, encoded, strict=True))
+             if len(t) > limit and len(ids) < seq_len + CHARS_PER_TOKEN_CUT]
+    for i, ids in zip(again, encode_documents(tokenizer, [texts[i] for i in again]), strict=True):
+        encoded[i] = ids
+    return [document_tensor(ids, seq_len, eos)[0].tolist() for ids in encoded]

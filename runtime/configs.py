@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from core.config import Settings, is_static_embed_name
 from core.seeds import int_seed
-from models.bandit import BanditConfig
 from models.influence import InfluenceConfig
 from models.oracles import ProbeConfig
 from models.trainer import TrainConfig, resolve_device
@@ -50,11 +49,3 @@ def influence_config(settings: Settings, stage: int) -> InfluenceConfig:
                                                                 settings.embed.model),
                            max_seq_length=settings.embed.max_seq_length,
                            device=resolve_device(settings.embed.device))
-
-
-def bandit_config(settings: Settings, stage: int) -> BanditConfig:
-    s = settings.select
-    return BanditConfig(token_budget=s.token_budget, ucb_alpha=s.ucb_alpha, arms_per_round=s.arms_per_round,
-                        sample_per_arm=s.sample_per_arm, exploit_batch=s.exploit_batch,
-                        reward_threshold=s.reward_threshold, share_distance=s.share_distance,
-                        temperature=s.temperature, seed=int_seed(settings.seed, "select", stage))

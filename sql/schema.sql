@@ -118,9 +118,14 @@ CREATE TABLE IF NOT EXISTS probes (
     fast_score  DOUBLE,
     loss_before DOUBLE,
     loss_after  DOUBLE,
-    split       VARCHAR NOT NULL,                  -- train | heldout (held-out rows are always exact-probed)
+    split       VARCHAR NOT NULL,                  -- train | heldout (held-out rows judge the influence model)
     PRIMARY KEY (run_id, stage, doc_id)
 );
+-- The oracle's value (what the influence model learns: the conditional loss reduction, or the fast one-step
+-- probe), which pull of the bandit measured it, and which oracle it was.
+ALTER TABLE probes ADD COLUMN IF NOT EXISTS label DOUBLE;
+ALTER TABLE probes ADD COLUMN IF NOT EXISTS pull INTEGER;
+ALTER TABLE probes ADD COLUMN IF NOT EXISTS oracle VARCHAR;
 
 -- The distilled influence model's prediction for every document, per stage.
 CREATE TABLE IF NOT EXISTS influence_scores (
@@ -131,23 +136,19 @@ CREATE TABLE IF NOT EXISTS influence_scores (
     PRIMARY KEY (run_id, stage, doc_id)
 );
 
--- Every bandit round: which arm, what it saw, what it took.
-CREATE TABLE IF NOT EXISTS bandit_rounds (
-    run_id          VARCHAR NOT NULL,
-    stage           INTEGER NOT NULL,
-    round           INTEGER NOT NULL,
-    cluster_id      INTEGER NOT NULL,
-    ucb             DOUBLE NOT NULL,
-    n_sampled       INTEGER NOT NULL,
-    reward          DOUBLE NOT NULL,
-    n_selected      INTEGER NOT NULL,
-    tokens_selected BIGINT NOT NULL,
-    tokens_total    BIGINT NOT NULL,
-    PRIMARY KEY (run_id, stage, round, cluster_id)
+-- Every pull of a stage's oracle bandit, in pull order: which arm, what was measured, the reward it earned.
+CREATE TABLE IF NOT EXISTS oracle_pulls (
+    run_id       VARCHAR NOT NULL,
+    stage        INTEGER NOT NULL,
+    pull         INTEGER NOT NULL,
+    cluster_id   INTEGER NOT NULL,
+    ucb          DOUBLE,                           -- NULL during the warm-up (every arm once)
+    n_measured   INTEGER NOT NULL,
+    mean_value   DOUBLE,                           -- mean oracle value of the pull's documents
+    group_reward DOUBLE,                           -- the arm's rollout reward, on its first pull (else NULL)
+    reward       DOUBLE NOT NULL,                  -- what the bandit learnt: values and group reward in spread units
+    PRIMARY KEY (run_id, stage, pull)
 );
--- Pull order within the stage (0, 1, ...): a round pulls several arms, best UCB first, so (round, cluster_id)
--- is not the order the bandit spent its budget in. NULL in databases written before it was added.
-ALTER TABLE bandit_rounds ADD COLUMN IF NOT EXISTS pull INTEGER;
 
 -- One row per run and stage: the selected mixture's header.
 CREATE TABLE IF NOT EXISTS mixtures (

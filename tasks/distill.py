@@ -43,26 +43,25 @@ SCORE_PAGE = 1024
 length before batching, so a page never straddles shards and scores do not depend on the runner."""
 
 
-def label_of(row: ProbeRow, labels: str) -> float | None:
-    """A probe row's training label: its fast score (`distill.labels = "fast"`) or its exact one."""
-    return row.fast_score if labels == "fast" else row.exact_score
+def _finite(value: float | None) -> bool:
+    return value is not None and bool(np.isfinite(value))
 
 
-def training_rows(probes: list[ProbeRow], labels: str, val_fraction: float, split: np.random.Generator
-                  ) -> tuple[list, list, list]:
-    """(fit, early-stopping, held-out) probe rows as (doc_id, label).
+def training_rows(probes: list[ProbeRow], val_fraction: float, split: np.random.Generator) -> tuple[list, list, list]:
+    """(fit, early-stopping, held-out) rows as (doc_id, oracle value).
 
-    The held-out rows (exact probes the probe stage set aside) only judge the model; early stopping uses a
-    seeded slice of the training rows, so the held-out Spearman reported is not selected on.
+    The held-out rows (measured documents the probe stage set aside) only judge the model; early stopping
+    uses a seeded slice of the training rows, so the held-out Spearman reported is not selected on.
     """
-    train = [(p.doc_id, label_of(p, labels)) for p in probes if p.split == "train" and label_of(p, labels) is not None]
-    held = [(p.doc_id, p.exact_score) for p in probes if p.split == "heldout"]
+    train = [(p.doc_id, p.label) for p in probes if p.split == "train" and _finite(p.label)]
+    held = [(p.doc_id, p.label) for p in probes if p.split == "heldout" and _finite(p.label)]
     order = split.permutation(len(train))
     n_val = max(1, round(val_fraction * len(train)))
     val = [train[i] for i in order[:n_val]]
     fit = [train[i] for i in order[n_val:]]
     if len(fit) < 2 or not held:
-        raise ValueError(f"too few probes to distil ({len(fit)} to fit, {len(held)} held out); raise `probe.n_probes`")
+        raise ValueError(f"too few measured documents to distil ({len(fit)} to fit, {len(held)} held out); "
+                         "raise `probe.budget`")
     return fit, val, held
 
 
@@ -87,9 +86,8 @@ def with_history(con, settings: Settings, run_id: str, stage: int, fit: list, va
         return fit, val
     earlier: dict[int, list[tuple[str, float]]] = {}
     for row in store.probe_history(con, run_id, stage, max(0, stage - history)):
-        label = label_of(row, settings.distill.labels)
-        if label is not None and np.isfinite(label):
-            earlier.setdefault(row.stage, []).append((row.doc_id, float(label)))
+        if _finite(row.label):
+            earlier.setdefault(row.stage, []).append((row.doc_id, float(row.label)))
     current = _zscored(fit + val)
     pooled = [r for rows in earlier.values() for r in _zscored(rows)]
     return current[:len(fit)] + pooled, current[len(fit):]
@@ -190,8 +188,8 @@ def distill_stage(settings: Settings, probes: Probes, tokenized: Tokenized, embe
     model_dir = settings.stage_dir(run_id, stage) / "influence"
     shutil.rmtree(model_dir, ignore_errors=True)  # a re-run with another student leaves no stale model files
     with db.connect(settings.database) as con:
-        fit, val, held = training_rows(store.stage_probes(con, run_id, stage), settings.distill.labels,
-                                       settings.distill.val_fraction, rng(settings.seed, "distill", stage))
+        fit, val, held = training_rows(store.stage_probes(con, run_id, stage), settings.distill.val_fraction,
+                                       rng(settings.seed, "distill", stage))
         data = Probed(*with_history(con, settings, run_id, stage, fit, val), held)
         student = new_student(con, settings, tokenized, stage)
         embeddings = db.arrow(con, "load_embeddings", {"run_id": run_id}) if student.reads == "embedding" else None

@@ -1,155 +1,193 @@
-"""Oracle probes: what one optimizer step on a document does to the proxy LM's reference loss.
+"""Probe stage: the oracle bandit spends the stage's measurement budget on the pool's arms.
 
-For a cluster-stratified sample of the documents still available, the exact MATES probe (one AdamW step
-from the stage checkpoint's weights and optimizer state, then the reference loss) and, optionally, the
-fast first-order estimate of the same quantity. The probes are the influence model's training labels.
+From the stage checkpoint, an oracle (`probe.oracle`, models/stage_oracles.py) measures what documents do
+to the reference loss: by default the conditional loss reduction (CoLoR), else MATES's one-step probe. The
+bandit (models/bandit.py) chooses which arm (cluster) each pull of `probe.pull_size` documents comes from,
+rewarding it with what was measured, plus, once per arm, a group reward from a short rollout on a batch
+of the arm (`probe.group_rollouts`). Every measured document becomes a training label of the influence
+model (a seeded `heldout_fraction` judges it instead); each arm's posterior reward goes on to the
+selection. Cross-fitting: the conditional oracle fine-tunes on the reference's fit half, and every value,
+rollout and loss is taken on the measure half.
 """
 
 from __future__ import annotations
 
+import copy
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from prefect import task
-from prefect.cache_policies import NO_CACHE
-from scipy.stats import spearmanr
 
 from core import db, store
-from core.artifacts import Checkpoint, Probes, Tokenized
+from core.artifacts import Checkpoint, Clustered, Probes, Tokenized
 from core.config import Settings
 from core.faults import failpoint
-from core.seeds import rng
-from models.oracles import EXACT_GPU_BATCH, FAST_BATCH, ProbeScores, exact_probes, fast_probes
-from models.proxy_lm import load_token_rows, probe_inputs
-from models.tokenizer import load_tokenizer
-from models.trainer import load_checkpoint, resolve_device
-from runtime import shards
-from runtime.configs import probe_config
+from core.seeds import int_seed, rng
+from models.bandit import Measurement, OracleBanditConfig, OracleTrace, arm_scores, spend_oracle
+from models.conditional_loss import FinetuneConfig
+from models.proxy_lm import load_token_rows, pack_sequences, probe_inputs
+from models.rollout import RolloutConfig
+from models.stage_oracles import ConditionalOracle, GroupOracle, OneStepOracle, OracleValues
+from models.tokenizer import EOS_TOKEN, load_tokenizer
+from models.trainer import load_checkpoint, make_optimizer, resolve_device
+from runtime.configs import probe_config, train_config
 from runtime.policies import STAGE_CACHE
 
-
-def _token_table(doc_ids: list[str], tokens: list[list[int]], exact: bool) -> pa.Table:
-    return pa.table({"doc_id": doc_ids, "tokens": pa.array(tokens, pa.list_(pa.int64())),
-                     "exact": [exact] * len(doc_ids)})
+GROUP_DOCS = 64
+"""Documents drawn from an arm (or the pool, for the control) to pack a rollout batch from."""
 
 
-def _tensors(table: pa.Table, device: str) -> list[torch.Tensor]:
-    return [torch.tensor([ids], dtype=torch.long, device=device) for ids in table.column("tokens").to_pylist()]
+def make_oracle(settings: Settings, model, optimizer_state, tokenized: Tokenized, stage: int):
+    cfg, proxy = settings.probe, settings.proxy
+    measure_rows = load_token_rows(tokenized.reference_path, cfg.reference_sequences, "measure")
+    if cfg.oracle == "one_step":
+        return OneStepOracle(model, optimizer_state, measure_rows, probe_config(settings), cfg.fast_estimator,
+                             cfg.exact_fraction)
+    finetune = FinetuneConfig(max_steps=cfg.finetune_steps, eval_every=cfg.finetune_eval_every,
+                              batch_size=proxy.batch_size, lr=cfg.finetune_lr or proxy.lr,
+                              weight_decay=proxy.weight_decay, beta1=proxy.beta1, beta2=proxy.beta2,
+                              grad_clip=proxy.grad_clip, seed=int_seed(settings.seed, "reference_split", stage))
+    return ConditionalOracle(model, optimizer_state, load_token_rows(tokenized.reference_path, part="fit"),
+                             load_token_rows(tokenized.reference_path, part="measure"), finetune, cfg.shrink_tokens)
 
 
-def probe_shard(settings: Settings, checkpoint: str, reference: str, exact_batch: int, fast_batch: int,
-                input_path: str, output_path: str, threads: int) -> dict[str, float]:
-    """Shard worker: exact probes on its `exact` rows, fast probes on the others, from files only.
+class Measurer:
+    """The bandit's `measure(arm, documents)`: reads the documents' texts, runs the oracle (and the arm's
+    group rollout on its first pull), and keeps every value for the `probes` rows."""
 
-    Each worker loads the stage checkpoint and the reference rows itself; rows come length-sorted and
-    batch-aligned (see `probe_shards`), so the batched estimators see the same batches on any runner.
-    """
-    shards.use_threads(threads)
-    device = resolve_device(settings.proxy.device)
-    model, optimizer_state, _ = load_checkpoint(checkpoint, device)
-    ref = torch.tensor(pq.read_table(reference).column("tokens").to_pylist(), dtype=torch.long, device=device)
-    table = pq.read_table(input_path)
-    exact_rows = table.filter(table.column("exact"))
-    fast_rows = table.filter(pc.invert(table.column("exact")))
-    cfg = probe_config(settings)
-    started = time.perf_counter()
-    exact = exact_probes(model, optimizer_state, _tensors(exact_rows, device), ref, cfg, progress=False,
-                         batch=exact_batch) if exact_rows.num_rows else ProbeScores(*(np.zeros(0),) * 3)
-    exact_s = time.perf_counter() - started
-    failpoint("probe.shard")
-    started = time.perf_counter()
-    fast = fast_probes(model, optimizer_state, _tensors(fast_rows, device), ref, cfg, progress=False,
-                       method=settings.probe.fast_estimator, batch=fast_batch) if fast_rows.num_rows else np.zeros(0)
-    fast_s = time.perf_counter() - started
-    nulls = np.full(fast_rows.num_rows, np.nan)
-    shards.write_table(Path(output_path), pa.table({
-        "doc_id": pa.concat_arrays([exact_rows.column("doc_id").combine_chunks(),
-                                    fast_rows.column("doc_id").combine_chunks()]),
-        **{name: pa.array(np.concatenate([values, nulls]), from_pandas=True) for name, values in
-           (("exact_score", exact.scores), ("loss_before", exact.loss_before), ("loss_after", exact.loss_after))},
-        "fast_score": pa.array(np.concatenate([np.full(exact_rows.num_rows, np.nan), fast]), from_pandas=True),
-    }))
-    return {"exact_seconds": exact_s, "fast_seconds": fast_s}
+    def __init__(self, con, settings: Settings, run_id: str, stage: int, pool: store.Candidates, tokenizer,
+                 oracle, group: GroupOracle | None) -> None:
+        self.con, self.settings, self.run_id, self.pool = con, settings, run_id, pool
+        self.tokenizer, self.oracle, self.group = tokenizer, oracle, group
+        self.draws = rng(settings.seed, "rollout", stage)
+        self.results: list[tuple[np.ndarray, OracleValues]] = []
+        self.seconds = 0.0
 
+    def token_ids(self, indices: np.ndarray) -> list[list[int]]:
+        ids = [self.pool.doc_ids[i] for i in indices]
+        texts = store.texts_of(self.con, self.run_id, ids)
+        return probe_inputs(self.tokenizer, [texts[d] for d in ids], self.settings.proxy.seq_len)
 
-probe_shard_task = task(probe_shard, name="shard-probe", cache_policy=NO_CACHE)
+    def batch_rows(self, indices: np.ndarray) -> torch.Tensor | None:
+        """A rollout batch: up to GROUP_DOCS of `indices` in random order, packed into whole rows."""
+        cfg = self.settings.probe
+        chosen = self.draws.permutation(indices)[:GROUP_DOCS]
+        rows, _ = pack_sequences(self.token_ids(chosen), self.settings.proxy.seq_len,
+                                 self.tokenizer.token_to_id(EOS_TOKEN))
+        rows = rows[:cfg.rollout_steps * cfg.rollout_rows_per_step]
+        return rows if len(rows) >= cfg.rollout_rows_per_step else None
 
-
-def probe_shards(settings: Settings, checkpoint: Checkpoint, doc_ids: list[str], tokens: list[list[int]],
-                 n_exact: int, ref: torch.Tensor) -> tuple[dict[str, dict[str, float]], float, float]:
-    """Probe scores by column and doc id, plus total exact and fast seconds, computed over `runner` shards.
-
-    The estimators batch documents by length (oracles.FAST_BATCH; EXACT_GPU_BATCH on CUDA), so each
-    document set is sorted by length here and cut at batch multiples: every shard then forms exactly the
-    batches one call over all documents would. Shard k probes the k-th slice of the exact set and of the
-    fast set; what the estimators compute once per call (reference loss, shared step) is deterministic.
-    """
-    on_cuda = resolve_device(settings.proxy.device).startswith("cuda")
-    exact_batch, fast_batch = (EXACT_GPU_BATCH if on_cuda else 0), FAST_BATCH["cuda" if on_cuda else "cpu"]
-    by_length = sorted(range(len(doc_ids)), key=lambda i: len(tokens[i]))  # stable, as length_buckets sorts
-    exact_order = [i for i in by_length if i < n_exact]
-    fast_order = by_length if settings.probe.fast else []
-    tagged = [*shards.split_table(_token_table([doc_ids[i] for i in exact_order], [tokens[i] for i in exact_order],
-                                               True), settings.runner.shards, max(exact_batch, 1)),
-              *shards.split_table(_token_table([doc_ids[i] for i in fast_order], [tokens[i] for i in fast_order],
-                                               False), settings.runner.shards, fast_batch)]
-    params = {"settings": settings, "checkpoint": str(Path(checkpoint.path).resolve()),
-              "exact_batch": exact_batch, "fast_batch": fast_batch}
-    shared = {"reference": pa.table({"tokens": pa.array(ref.tolist(), pa.list_(pa.int64()))})}
-    columns: dict[str, dict[str, float]] = {c: {} for c in ("exact_score", "fast_score", "loss_before", "loss_after")}
-    with shards.sharded(settings, checkpoint.run_id, f"probe-{checkpoint.stage}", probe_shard_task, sorted(tagged, key=lambda t: t[0]),
-                        params, shared) as results:
-        for row in pa.concat_tables([shards.read_output(r) for r in results]).to_pylist():
-            for name, values in columns.items():
-                if row[name] is not None:
-                    values[row["doc_id"]] = row[name]
-    return (columns, sum(r.info["exact_seconds"] for r in results), sum(r.info["fast_seconds"] for r in results))
+    def __call__(self, arm: int, indices: np.ndarray) -> Measurement:
+        failpoint("probe.pull")
+        started = time.perf_counter()
+        measured = self.oracle.measure(self.token_ids(indices))
+        self.seconds += time.perf_counter() - started
+        self.results.append((indices, measured))
+        group = None
+        if self.group is not None and arm not in self.group.rewards:
+            group = self.group.reward(arm, self.batch_rows(np.flatnonzero(self.pool.cluster_ids == arm)))
+        return Measurement(measured.values, group)
 
 
-def probe_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized, progress: bool = True) -> Probes:
-    """Exact probes on `n_probes` documents; fast probes on those and `fast_label_multiplier` times as many.
+def group_oracle(settings: Settings, model, optimizer_state, tokenized: Tokenized) -> GroupOracle:
+    optimizer = make_optimizer(model, train_config(settings))
+    optimizer.load_state_dict(copy.deepcopy(optimizer_state))
+    cfg = settings.probe
+    return GroupOracle(model, optimizer, load_token_rows(tokenized.reference_path, cfg.reference_sequences, "measure"),
+                       RolloutConfig(steps=cfg.rollout_steps, rows_per_step=cfg.rollout_rows_per_step,
+                                     grad_clip=settings.proxy.grad_clip))
 
-    The candidates, the held-out split and the statistics are the driver's; the probes run in shards.
-    """
-    cfg_p, run_id, stage = settings.probe, checkpoint.run_id, checkpoint.stage
-    tokenizer = load_tokenizer(tokenized.tokenizer_path)
-    n_fast = int(cfg_p.n_probes * cfg_p.fast_label_multiplier) if cfg_p.fast else cfg_p.n_probes
-    with db.connect(settings.database) as con:
-        pool = store.candidates(con, run_id, stage, settings.seed, settings.select.exclude_previous)
-        doc_ids = pool.doc_ids[:n_fast]  # stratified order: the first n_probes are exact-probed too
-        texts = store.texts_of(con, run_id, doc_ids)
-    tokens = probe_inputs(tokenizer, [texts[d] for d in doc_ids], settings.proxy.seq_len)
-    n_exact = min(cfg_p.n_probes, len(doc_ids))
-    ref = load_token_rows(tokenized.reference_path, cfg_p.reference_sequences)
-    columns, exact_total_s, fast_total_s = probe_shards(settings, checkpoint, doc_ids, tokens, n_exact, ref)
-    column = {name: np.array([values.get(d, np.nan) for d in doc_ids], dtype=np.float64)
-              for name, values in columns.items()}
-    exact_scores = column["exact_score"][:n_exact]
-    exact_s = exact_total_s / max(n_exact, 1)
-    fast_s = fast_rho = None
-    if cfg_p.fast:
-        fast_s = fast_total_s / max(len(doc_ids), 1)
-        fast_rho = float(spearmanr(column["fast_score"][:n_exact], exact_scores).statistic) if n_exact > 2 else None
 
-    split = rng(settings.seed, "probe_split", stage)
-    heldout = np.zeros(len(doc_ids), dtype=bool)
-    heldout[:n_exact] = split.random(n_exact) < cfg_p.heldout_fraction
-    heldout[split.integers(n_exact)] = True  # at least one held-out exact probe to judge the influence model on
-    batch = pa.table({
-        "run_id": [run_id] * len(doc_ids), "stage": [stage] * len(doc_ids), "doc_id": doc_ids,
-        **{name: pa.array(values, from_pandas=True) for name, values in column.items()},
-        "split": np.where(heldout, "heldout", "train"),
+def probe_rows(run_id: str, stage: int, pool: store.Candidates, measurer: Measurer, trace: OracleTrace,
+               heldout: np.ndarray) -> pa.Table:
+    """One `probes` row per measured document, in measurement order."""
+    indices = np.concatenate([i for i, _ in measurer.results])
+    values = {name: np.concatenate([getattr(m, name) if getattr(m, name) is not None else np.full(len(i), np.nan)
+                                    for i, m in measurer.results])
+              for name in ("values", "exact", "loss_before", "loss_after")}
+    pull_of = np.concatenate([np.full(len(p.documents), p.pull) for p in trace.pulls])
+    one_step = measurer.oracle.name == "one_step"
+    n = len(indices)
+    return pa.table({
+        "run_id": [run_id] * n, "stage": [stage] * n, "doc_id": [pool.doc_ids[i] for i in indices],
+        "exact_score": pa.array(values["exact"], from_pandas=True),
+        "fast_score": pa.array(values["values"] if one_step else np.full(n, np.nan), from_pandas=True),
+        "loss_before": pa.array(values["loss_before"], from_pandas=True),
+        "loss_after": pa.array(values["loss_after"], from_pandas=True),
+        "split": np.where(heldout, "heldout", "train"), "label": values["values"],
+        "pull": pull_of.astype(np.int32), "oracle": [measurer.oracle.name] * n,
     })
+
+
+def pull_rows(run_id: str, stage: int, trace: OracleTrace) -> pa.Table:
+    pulls = trace.pulls
+    return pa.table({
+        "run_id": [run_id] * len(pulls), "stage": [stage] * len(pulls),
+        "pull": pa.array([p.pull for p in pulls], pa.int32()), "cluster_id": pa.array([p.arm for p in pulls], pa.int32()),
+        "ucb": [p.ucb if np.isfinite(p.ucb) else None for p in pulls],
+        "n_measured": pa.array([len(p.documents) for p in pulls], pa.int32()),
+        "mean_value": [float(np.nanmean(p.values)) if np.isfinite(p.values).any() else None for p in pulls],
+        "group_reward": [p.group if p.group is not None and np.isfinite(p.group) else None for p in pulls],
+        "reward": [p.reward for p in pulls],
+    })
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    from scipy.stats import spearmanr
+
+    keep = np.isfinite(a) & np.isfinite(b)
+    return float(spearmanr(a[keep], b[keep]).statistic) if keep.sum() > 2 else None
+
+
+def probe_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized, clustered: Clustered,
+                progress: bool = True) -> Probes:
+    """Spend `probe.budget` oracle measurements over the stage's arms; write `probes` and `oracle_pulls`."""
+    started = time.perf_counter()
+    cfg, run_id, stage = settings.probe, checkpoint.run_id, checkpoint.stage
+    device = resolve_device(settings.proxy.device)
+    model, optimizer_state, _ = load_checkpoint(checkpoint.path, device)
+    tokenizer = load_tokenizer(tokenized.tokenizer_path)
+    oracle = make_oracle(settings, model, optimizer_state, tokenized, stage)
+    with db.connect(settings.database, read_only=True) as con:
+        pool = store.candidates(con, run_id, stage, settings.seed, settings.select.exclude_previous)
+        centroids = store.load_centroids(con, clustered.run_id)
+        by_arm = cfg.sampling == "bandit"
+        group = group_oracle(settings, model, optimizer_state, tokenized) if cfg.group_rollouts and by_arm else None
+        measurer = Measurer(con, settings, run_id, stage, pool, tokenizer, oracle, group)
+        if group is not None:
+            control = rng(settings.seed, "rollout", stage).permutation(len(pool))
+            batches = [measurer.batch_rows(control[i::cfg.control_batches]) for i in range(cfg.control_batches)]
+            group.calibrate([b for b in batches if b is not None and len(b) >= group.cfg.rows])
+        arms = pool.cluster_ids if by_arm else np.zeros(len(pool), dtype=np.int64)  # uniform: one arm, the pool
+        trace = spend_oracle(arms, centroids if by_arm else centroids[:1], measurer, OracleBanditConfig(
+            budget=min(cfg.budget, len(pool)), pull_size=cfg.pull_size, ucb_alpha=cfg.ucb_alpha,
+            warm_pulls=cfg.warm_pulls, share_distance=cfg.share_distance, seed=int_seed(settings.seed, "oracle", stage)))
+    measured = len(trace.measured)
+    split = rng(settings.seed, "probe_split", stage)
+    heldout = split.random(measured) < cfg.heldout_fraction
+    heldout[split.integers(measured)] = True  # at least one held-out document to judge the influence model on
+    rows = probe_rows(run_id, stage, pool, measurer, trace, heldout)
     with db.connect(settings.database) as con, db.transaction(con):
         db.run(con, "delete_probes", {"run_id": run_id, "stage": stage})
-        db.insert_arrow(con, "insert_probes", batch)
-    return Probes(run_id, stage, n_exact, len(doc_ids) if cfg_p.fast else 0, float(np.mean(exact_scores)),
-                      float(np.std(exact_scores)), fast_rho, exact_s, fast_s)
+        db.run(con, "delete_oracle_pulls", {"run_id": run_id, "stage": stage})
+        db.insert_arrow(con, "insert_probes", rows)
+        failpoint("probe.write")
+        db.insert_arrow(con, "insert_oracle_pulls", pull_rows(run_id, stage, trace))
+    labels = trace.values
+    exact = rows.column("exact_score").to_numpy(zero_copy_only=False)
+    return Probes(
+        run_id=run_id, stage=stage, oracle=oracle.name, measured=measured, heldout=int(heldout.sum()),
+        label_mean=float(np.nanmean(labels)), label_std=float(np.nanstd(labels)),
+        seconds_per_document=measurer.seconds / max(measured, 1), pulls=len(trace.pulls),
+        arms_pulled=len({p.arm for p in trace.pulls}) if by_arm else 0, arm_scores=(arm_scores(trace, settings.select.prior_pulls) if by_arm else np.zeros(len(centroids))).tolist(),
+        exact_agreement=_spearman(labels, exact) if oracle.name == "one_step" else None,
+        group_rewards=int(sum(np.isfinite(v) for v in group.rewards.values())) if group else 0,
+        group_seconds=group.seconds if group else 0.0, oracle_setup_seconds=oracle.setup_seconds,
+        finetune_step=oracle.finetune.best_step if oracle.finetune is not None else None,
+        seconds=time.perf_counter() - started)
 
 
-probe_task = task(probe_stage, name="probe", task_run_name="probe[stage={checkpoint.stage}]", cache_policy=STAGE_CACHE, persist_result=True)
+probe_task = task(probe_stage, name="probe", task_run_name="probe[stage={checkpoint.stage}]", cache_policy=STAGE_CACHE,
+                  persist_result=True)

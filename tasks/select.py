@@ -1,85 +1,71 @@
-"""Select a stage's mixture from the influence scores with the configured selector (`select.method`).
+"""Select stage: fill the token budget with the documents the stage's measurements say help the target most.
 
-* `bandit` (default): the Quad-style cluster bandit (models/bandit.py): clusters are arms; pulling one
-  samples a few of its documents and rewards it with their influence; rewards spill over to clusters with
-  nearby centroids; it stops at the token budget.
-* `topk`: MATES's Gumbel-top-k on the scores (temperature `select.temperature`), no clusters.
+* `bandit` (default): every available document is ranked by its influence score (z over the candidates)
+  plus `select.arm_weight` times its arm's posterior reward from the oracle bandit (tasks/probe.py): the
+  influence model ranks documents, the measured arm rewards say which regions of the pool to trust it in.
+* `topk`: the influence scores alone (MATES).
+* `arms`: the arm rewards alone, documents inside an arm in seeded random order (no influence model).
 
-Selectors are registered by name in `SELECTORS`; the benchmark and the flow use the same ones.
+Both take the top of the ranking (Gumbel-top-k at `select.temperature`; 0 = plain top-k) until the budget
+is full, never exceeding it: one sort, O(N log N) in the pool. Selectors are registered by name in
+`SELECTORS`; the benchmark and the flow use the same ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from prefect import task
 
 from core import db, store
-from core.artifacts import Clustered, Influence, Selection
+from core.artifacts import Clustered, Influence, Probes, Selection
 from core.config import Settings
-from core.faults import failpoint
-from core.seeds import int_seed
-from models.bandit import select_with_bandit
-from models.baselines import select_topk
-from runtime.configs import bandit_config
+from core.seeds import rng
+from models.baselines import greedy_fill, gumbel_keys, standardise_scores
 from runtime.policies import STAGE_CACHE
 
 
-@dataclass
-class Picked:
-    """What a selector chose: indices into the candidates in selection order, and its trace."""
-
-    indices: np.ndarray
-    rounds_of: np.ndarray  # the round each pick was taken in
-    rounds: list[dict[str, Any]]  # one row per bandit pull (empty for selectors without rounds)
-    exhausted: bool
+def bandit_ranking(settings: Settings, pool: store.Candidates, scores: np.ndarray, probes: Probes) -> np.ndarray:
+    """Influence z-score plus the arm's measured reward (in the oracle's spread units), per candidate."""
+    arm = np.asarray(probes.arm_scores, dtype=np.float64)
+    z = standardise_scores(scores, np.ones(len(scores), dtype=bool))
+    return z + settings.select.arm_weight * arm[pool.cluster_ids]
 
 
-def bandit_selector(settings: Settings, stage: int, pool: store.Candidates, scores: np.ndarray,
-                    centroids: np.ndarray, progress: bool) -> Picked:
-    result = select_with_bandit(pool.cluster_ids, scores, pool.n_tokens, centroids, bandit_config(settings, stage),
-                                progress=progress)
-    return Picked(result.selected, result.selected_round, result.rounds, bool(result.exhausted))
+def topk_ranking(settings: Settings, pool: store.Candidates, scores: np.ndarray, probes: Probes) -> np.ndarray:
+    return standardise_scores(scores, np.ones(len(scores), dtype=bool))
 
 
-def topk_selector(settings: Settings, stage: int, pool: store.Candidates, scores: np.ndarray,
-                  centroids: np.ndarray, progress: bool) -> Picked:
-    picked = select_topk(scores, pool.n_tokens, settings.select.token_budget, settings.select.temperature,
-                         seed=int_seed(settings.seed, "select", stage))
-    return Picked(picked, np.zeros(len(picked), dtype=np.int64), [], False)
+def arms_ranking(settings: Settings, pool: store.Candidates, scores: np.ndarray, probes: Probes) -> np.ndarray:
+    """The measured arm rewards alone: the best arms first, inside an arm the candidates' seeded order (a
+    stable sort keeps it), no influence model (the ablation "bandit on the measurements alone")."""
+    return np.asarray(probes.arm_scores, dtype=np.float64)[pool.cluster_ids]
 
 
-Selector = Callable[[Settings, int, store.Candidates, np.ndarray, np.ndarray, bool], Picked]
-SELECTORS: dict[str, Selector] = {"bandit": bandit_selector, "topk": topk_selector}
+Ranking = Callable[[Settings, store.Candidates, np.ndarray, Probes], np.ndarray]
+SELECTORS: dict[str, Ranking] = {"bandit": bandit_ranking, "topk": topk_ranking, "arms": arms_ranking}
 
 
-def select_stage(settings: Settings, influence: Influence, clustered: Clustered, progress: bool = True) -> Selection:
-    """Choose the stage's mixture from `influence`'s scores over the documents still available."""
+def select_stage(settings: Settings, influence: Influence, clustered: Clustered, probes: Probes,
+                 progress: bool = True) -> Selection:
+    """Choose the stage's mixture from `influence`'s scores and `probes`' arm rewards."""
     run_id, stage, method = influence.run_id, influence.stage, settings.select.method
-    with db.connect(settings.database) as con:
+    with db.connect(settings.database, read_only=True) as con:
         pool = store.candidates(con, run_id, stage, settings.seed, settings.select.exclude_previous)
         score_of = store.stage_scores(con, run_id, stage)
-        centroids = store.load_centroids(con, clustered.run_id)
+    if len(probes.arm_scores) != clustered.k:
+        raise ValueError(f"stage {stage}: {len(probes.arm_scores)} arm rewards for {clustered.k} clusters")
     scores = np.array([score_of[d] for d in pool.doc_ids], dtype=np.float64)
-    picked = SELECTORS[method](settings, stage, pool, scores, centroids, progress)
-    with db.connect(settings.database) as con, db.transaction(con):
-        db.run(con, "delete_bandit_rounds", {"run_id": run_id, "stage": stage})
-        if picked.rounds:
-            columns = {key: [r[key] for r in picked.rounds] for key in picked.rounds[0]}
-            db.insert_arrow(con, "insert_bandit_rounds", pa.table(
-                {"run_id": [run_id] * len(picked.rounds), "stage": [stage] * len(picked.rounds), **columns}))
-        failpoint("select.rounds")
-    chosen = [int(i) for i in picked.indices]
+    keys = gumbel_keys(SELECTORS[method](settings, pool, scores, probes), settings.select.temperature,
+                       rng(settings.seed, "select", stage))
+    chosen = greedy_fill(np.argsort(-keys, kind="stable"), pool.n_tokens, settings.select.token_budget).tolist()
     return Selection(
         run_id=run_id, stage=stage, token_budget=settings.select.token_budget,
         doc_ids=[pool.doc_ids[i] for i in chosen], cluster_ids=[int(pool.cluster_ids[i]) for i in chosen],
-        scores=[float(scores[i]) for i in chosen], rounds=[int(r) for r in picked.rounds_of],
-        tokens=int(pool.n_tokens[chosen].sum()) if chosen else 0,
-        n_rounds=len({r["round"] for r in picked.rounds}), exhausted=picked.exhausted, selector=method,
+        scores=[float(scores[i]) for i in chosen], rounds=list(range(len(chosen))),
+        tokens=int(pool.n_tokens[chosen].sum()) if chosen else 0, n_rounds=probes.pulls,
+        exhausted=int(pool.n_tokens.sum()) < settings.select.token_budget, selector=method,
     )
 
 

@@ -16,6 +16,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 from prefect import task
@@ -24,6 +25,7 @@ from tokenizers import Tokenizer
 from core import db, store
 from core.artifacts import Ingested, ReferenceSet, Tokenized
 from core.config import Settings
+from core.seeds import document_keys
 from models.proxy_lm import pack_sequences, save_token_rows
 from models.tokenizer import EOS_TOKEN, count_tokens, encode_documents, save_tokenizer, train_bpe_tokenizer
 from runtime.policies import STAGE_CACHE
@@ -31,12 +33,26 @@ from runtime.policies import STAGE_CACHE
 TOKEN_PAGE = 2_000
 
 
-def pack_reference(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
+def pack_reference(tokenizer, texts: list[str], seq_len: int, part: str = "reference set") -> torch.Tensor:
     """The reference texts as [rows, seq_len] token ids (EOS between documents)."""
     packed, _ = pack_sequences(encode_documents(tokenizer, texts), seq_len, tokenizer.token_to_id(EOS_TOKEN))
     if len(packed) == 0:
-        raise ValueError("the reference set is shorter than one sequence of `proxy.seq_len` tokens")
+        raise ValueError(f"the {part} is shorter than one sequence of `proxy.seq_len` tokens: add reference documents")
     return packed
+
+
+def reference_rows(tokenizer, documents: list[tuple[str, str]], seq_len: int, seed: int) -> dict[str, torch.Tensor]:
+    """The packed reference ("rows"), and its two halves by document (core.seeds "reference_split"): "fit", which
+    a conditional oracle fine-tunes on, and "measure", on which oracle values and rollouts are taken, so a
+    measurement is never taken on the data it was fitted to (cross-fitting)."""
+    keys = document_keys([ref_id for ref_id, _ in documents], seed, "reference_split")
+    in_fit = keys < np.median(keys) if len(documents) > 1 else np.ones(len(documents), dtype=bool)
+    texts = [text for _, text in documents]
+    return {"rows": pack_reference(tokenizer, texts, seq_len),
+            "fit": pack_reference(tokenizer, [t for t, a in zip(texts, in_fit, strict=True) if a], seq_len,
+                                  "reference's fit half"),
+            "measure": pack_reference(tokenizer, [t for t, a in zip(texts, in_fit, strict=True) if not a], seq_len,
+                                      "reference's measure half")}
 
 
 TOKENIZER_RECIPE = "byte-level BPE, all 256 bytes, EOS id 0"
@@ -104,9 +120,9 @@ def train_tokenizer(settings: Settings, ingested: Ingested, reference: Reference
             new = count_new_tokens(con, run_id, tokenizer, tokenizer_hash)
             db.run(con, "update_token_counts_from_cache", {"run_id": run_id, "tokenizer_hash": tokenizer_hash})
         totals = db.records(con, "run_token_total", {"run_id": run_id})[0]
-        rows = pack_reference(tokenizer, store.reference_texts(con, run_id), cfg.seq_len)
+        rows = reference_rows(tokenizer, store.reference_documents(con, run_id), cfg.seq_len, settings.seed)
         save_token_rows(reference_path, rows)
-    return Tokenized(run_id, str(path), str(reference_path), int(rows.shape[0]), tokenizer.get_vocab_size(),
+    return Tokenized(run_id, str(path), str(reference_path), int(rows["rows"].shape[0]), tokenizer.get_vocab_size(),
                      int(totals.tokens or 0), reused, int(totals.documents) - new, new)
 
 

@@ -92,7 +92,7 @@ def composition_figure(summary: dict[str, Any]):
     return fig
 
 
-def reward_figure(rounds_by_stage: dict[int, list[store.BanditRound]]):
+def reward_figure(rounds_by_stage: dict[int, list[store.OraclePull]]):
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for stage, rounds in rounds_by_stage.items():
         rewards = np.array([r.reward for r in rounds], dtype=float)
@@ -101,8 +101,8 @@ def reward_figure(rounds_by_stage: dict[int, list[store.BanditRound]]):
             ax.plot(np.arange(len(rewards)), np.cumsum(rewards) / np.arange(1, len(rewards) + 1), label=f"stage {stage} running mean")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("arm pull")
-    ax.set_ylabel("reward (z-scored influence)")
-    ax.set_title("bandit rewards")
+    ax.set_ylabel("reward (oracle values in spread units)")
+    ax.set_title("oracle bandit rewards")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -155,13 +155,14 @@ def _log_to_active_store(settings: Settings, run_id: str, metrics: dict[str, flo
             for step, value in enumerate(values):
                 mlflow.log_metric(key, float(value), step=step)
         with db.connect(settings.database, read_only=True) as con:
-            rounds = {s: store.bandit_rounds(con, run_id, s) for s in range(settings.stages)}
+            rounds = {s: store.oracle_pulls(con, run_id, s) for s in range(settings.stages)}
             pool = con.execute(db.sql("pool_documents_metadata"), {"run_id": run_id}).df()
             mixture = con.execute(db.sql("mixture_documents"), {"run_id": run_id, "stage": last_stage}).df()
-        for stage, stage_rounds in rounds.items():
-            for step, r in enumerate(stage_rounds):
-                mlflow.log_metrics({f"bandit_reward_stage{stage}": r.reward,
-                                    f"bandit_tokens_stage{stage}": r.tokens_total}, step=step)
+        for stage, pulls in rounds.items():
+            measured = np.cumsum([p.n_measured for p in pulls])
+            for step, (pull, total) in enumerate(zip(pulls, measured, strict=True)):
+                mlflow.log_metrics({f"bandit_reward_stage{stage}": pull.reward,
+                                    f"bandit_measured_stage{stage}": float(total)}, step=step)
         mlflow.log_figure(composition_figure(summary), "plots/mixture_composition.png")
         mlflow.log_figure(reward_figure(rounds), "plots/bandit_rewards.png")
         plt.close("all")

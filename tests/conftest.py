@@ -73,8 +73,13 @@ def tiny_overrides(run_dir: Path, corpus_records: int = 240) -> list[str]:
         "proxy.steps_per_stage=12",
         "proxy.warmup_steps=2",
         "proxy.tokenizer_max_docs=200",
-        "probe.n_probes=24",
+        "probe.budget=64",
         "probe.reference_sequences=8",
+        "probe.finetune_steps=12",
+        "probe.finetune_eval_every=4",
+        "probe.rollout_steps=2",
+        "probe.rollout_rows_per_step=4",
+        "probe.control_batches=2",
         "distill.epochs=40",
         "select.token_budget=6000",
         "stages=2",
@@ -108,6 +113,6 @@ def second_run(e2e_run):
     from flows.curate import curate
 
     settings, _ = e2e_run
-    overrides = [*tiny_overrides(settings.run_dir), "select.ucb_alpha=0.0", "select.exploit_batch=4",
+    overrides = [*tiny_overrides(settings.run_dir), "probe.ucb_alpha=0.0", "select.arm_weight=0.5",
                  "track.registered_model=influmix-influence-second"]
     return curate(None, overrides)

@@ -81,7 +81,7 @@ def test_stage_keys_follow_what_each_stage_reads(tmp_path):
     base = load_settings(None, overrides)
     with db.connect(base.database):
         pass  # the database (and its instance id) exists once a run has started
-    bandit = load_settings(None, [*overrides, "select.ucb_alpha=0.3"])
+    bandit = load_settings(None, [*overrides, "select.arm_weight=0.3"])
     embedder = load_settings(None, [*overrides, "embed.max_seq_length=64"])
 
     assert stage_key("embed", base) == stage_key("embed", bandit)  # a bandit change keeps the embeddings

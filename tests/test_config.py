@@ -19,10 +19,10 @@ def test_file_and_overrides(tmp_path):
     cfg = tmp_path / "my.toml"
     cfg.write_text('stages = 3\n[select]\ntoken_budget = 1234\n[[ingest.sources]]\npath = "corpus.jsonl"\n')
     (tmp_path / "corpus.jsonl").write_text('{"text": "hello"}\n')
-    settings = load_settings(cfg, ["select.ucb_alpha=0.5", "embed.model=some/model"])
+    settings = load_settings(cfg, ["probe.ucb_alpha=0.5", "embed.model=some/model"])
     assert settings.stages == 3
     assert settings.select.token_budget == 1234
-    assert settings.select.ucb_alpha == 0.5
+    assert settings.probe.ucb_alpha == 0.5
     assert settings.embed.model == "some/model"
     assert settings.ingest.sources[0].path == str(tmp_path / "corpus.jsonl")  # relative to the config file
 
@@ -82,8 +82,8 @@ def test_config_hash_ignores_run_id_only():
     (["select.token_budget=0"], "select.token_budget"),
     (["ingest.min_chars=50", "ingest.max_chars=10"], "ingest.max_chars"),
     (["serve.prefect_port=5000"], "serve.mlflow_port"),
-    (["distill.labels=fast", "probe.fast=false"], "distill.labels"),
-    (["distill.reference_prior=1.0"], "distill.reference_prior"),
+    (["probe.budget=16", "probe.pull_size=32"], "probe.pull_size"),
+    (["distill.reference_prior=1.0", "distill.features=\"embedding\""], "distill.reference_prior"),
     (['distill.features="nope"'], "distill.features"),
 ])
 def test_inconsistent_values_name_the_setting(overrides, named):

@@ -23,7 +23,7 @@ from core.faults import POINTS
 from tests.conftest import REPO, free_port, tiny_overrides
 
 INFLUMIX = str(Path(sys.executable).parent / "influmix")
-CRASHES = ["ingest.record:60", "embed.batch:1", "probe.shard:1", "distill.page:1", "select.rounds:1", "mixture.write:1"]
+CRASHES = ["ingest.record:60", "embed.batch:1", "probe.pull:3", "probe.write:1", "distill.page:1", "mixture.write:1"]
 ROWS_PER_DOCUMENT = """
 SELECT 'documents', count(*), count(DISTINCT doc_id) FROM documents WHERE run_id = $1
 UNION ALL SELECT 'embeddings', count(*), count(DISTINCT doc_id) FROM embeddings WHERE run_id = $1
@@ -93,7 +93,7 @@ def test_every_failpoint_is_exercised():
 def fault_overrides(run_dir: Path, run_id: str) -> list[str]:
     """The tiny test run, smaller still: seven processes run it piece by piece."""
     return [*tiny_overrides(run_dir, corpus_records=120), f"run_id={run_id}", "cluster.k=3",
-            "proxy.steps_per_stage=6", "probe.n_probes=12", "probe.reference_sequences=4", "distill.epochs=20",
+            "proxy.steps_per_stage=6", "probe.budget=32", "probe.reference_sequences=4", "distill.epochs=20",
             "select.token_budget=3000"]
 
 

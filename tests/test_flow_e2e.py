@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +21,7 @@ def test_every_stage_wrote_its_table(e2e_run):
     settings, result = e2e_run
     run = result.run_id
     for table in ("documents", "quarantine", "embeddings", "cluster_assignments", "probes", "influence_scores",
-                  "bandit_rounds", "mixture_members"):
+                  "oracle_pulls", "mixture_members"):
         (n,) = query(settings, f"SELECT count(*) FROM {table} WHERE run_id = ?", [run])[0]
         assert n > 0, table
     (status,) = query(settings, "SELECT status FROM runs WHERE run_id = ?", [run])[0]
@@ -70,20 +71,18 @@ def test_bad_records_are_quarantined_with_reasons(e2e_run):
     assert {"exact", "near"} <= kinds
 
 
-def test_one_probe_per_probed_document(e2e_run):
+def test_the_oracle_spends_its_budget_once_per_document(e2e_run):
     settings, result = e2e_run
-    n_fast = int(settings.probe.n_probes * settings.probe.fast_label_multiplier)
     for stage in range(settings.stages):
-        n, distinct, exact, fast, heldout_exact = query(settings, """
-            SELECT count(*), count(DISTINCT doc_id), count(*) FILTER (WHERE isfinite(exact_score)),
-                   count(*) FILTER (WHERE isfinite(fast_score)),
-                   count(*) FILTER (WHERE split = 'heldout' AND isfinite(exact_score))
+        n, distinct, labelled, heldout, oracles = query(settings, """
+            SELECT count(*), count(DISTINCT doc_id), count(*) FILTER (WHERE isfinite(label)),
+                   count(*) FILTER (WHERE split = 'heldout'), list(DISTINCT oracle)
             FROM probes WHERE run_id = ? AND stage = ?""", [result.run_id, stage])[0]
-        assert exact == settings.probe.n_probes
-        assert n == distinct == fast == n_fast
-        (heldout,) = query(settings, "SELECT count(*) FROM probes WHERE run_id = ? AND stage = ? AND split = 'heldout'",
-                           [result.run_id, stage])[0]
-        assert heldout == heldout_exact > 0  # the influence model is judged on exact probes only
+        assert n == distinct == labelled == settings.probe.budget and oracles == ["conditional"]
+        assert 0 < heldout < n  # the influence model is judged on measured documents it never fitted
+        measured, pulls = query(settings, "SELECT sum(n_measured), count(*) FROM oracle_pulls WHERE run_id = ? AND stage = ?",
+                                [result.run_id, stage])[0]
+        assert measured == n and pulls == result.stages[stage].probes.pulls
 
 
 def test_every_document_scored_and_assigned(e2e_run):
@@ -116,33 +115,42 @@ def test_mlflow_run_has_metrics_plots_and_registered_model(e2e_run):
     assert version.run_id == run.info.run_id
 
 
-def test_bandit_rounds_load_in_pull_order(e2e_run):
-    """The budget only grows along the pulls: rows and MLflow's `bandit_tokens_stage*` curves never go back."""
+def test_oracle_pulls_load_in_pull_order(e2e_run):
+    """The measured budget only grows along the pulls: rows and MLflow's `bandit_measured_stage*` curves never
+    go back; every arm is pulled once (the warm-up) before the bandit chooses."""
     import mlflow
 
-    from core import db
+    from core import db, store
 
     settings, result = e2e_run
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
     with db.connect(settings.database, read_only=True) as con:
         for stage in range(settings.stages):
-            rows = db.rows(con, "load_bandit_rounds", {"run_id": result.run_id, "stage": stage})
-            spent = [r[7] for r in rows]  # tokens_total after each pull
-            assert len(rows) > 1 and spent == sorted(spent)
-            assert spent == [sum(r[6] for r in rows[: i + 1]) for i in range(len(rows))]  # running sum of takes
-            curve = client.get_metric_history(result.tracked.mlflow_run_id, f"bandit_tokens_stage{stage}")
+            pulls = store.oracle_pulls(con, result.run_id, stage)
+            assert [p.pull for p in pulls] == list(range(len(pulls))) and len(pulls) > settings.cluster.k
+            assert sorted(p.cluster_id for p in pulls[:settings.cluster.k]) == list(range(settings.cluster.k))
+            assert all(p.ucb is None for p in pulls[:settings.cluster.k]) and all(p.ucb is not None
+                                                                                   for p in pulls[settings.cluster.k:])
+            spent = np.cumsum([p.n_measured for p in pulls]).tolist()
+            curve = client.get_metric_history(result.tracked.mlflow_run_id, f"bandit_measured_stage{stage}")
             assert [m.value for m in sorted(curve, key=lambda m: m.step)] == spent
 
 
-def test_registered_model_scores_embeddings(e2e_run):
+def test_registered_model_scores_texts_as_the_run_did(e2e_run):
     import mlflow
-    import numpy as np
+    import pandas as pd
 
-    settings, _ = e2e_run
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{settings.track.registered_model}@{settings.track.model_alias}")
-    scores = model.predict(np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32))
-    assert np.asarray(scores).shape[0] == 3 and np.all(np.isfinite(scores))
+    from core.tracking import tracking_scope
+
+    settings, result = e2e_run
+    assert result.stages[-1].influence.student == "tokens"  # the default student reads text
+    rows = query(settings, """SELECT d.text, s.score FROM documents d JOIN influence_scores s USING (run_id, doc_id)
+                              WHERE run_id = ? AND s.stage = ? ORDER BY d.doc_id LIMIT 12""",
+                 [result.run_id, settings.stages - 1])
+    with tracking_scope(settings.mlflow_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{settings.track.registered_model}@{settings.track.model_alias}")
+        scores = model.predict(pd.DataFrame({"text": [r[0] for r in rows]}))
+    np.testing.assert_allclose(scores, [r[1] for r in rows], rtol=1e-6)
 
 
 def test_prefect_flow_run_completed_with_every_stage(e2e_run):

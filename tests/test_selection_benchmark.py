@@ -11,7 +11,9 @@ import pytest
 
 from benchmarks import selection
 from benchmarks.selection_eval import tokens_to_reach
-from benchmarks.selection_methods import METHODS
+from benchmarks.selection_methods import MODEL_AWARE
+
+METHODS = ["random", "dsir", "topk_influence", "bandit_static", "domain_oracle", "influmix"]
 
 
 def _finite(value) -> bool:
@@ -64,10 +66,10 @@ def test_tiny_selection_benchmark_writes_every_method_and_resumes(tmp_path: Path
     assert {name: again["methods"][name]["seeds"]["0"]["train_seconds"] for name in METHODS} == trained
 
     # Another influence model: only the methods that use it are selected and trained again.
-    tokens = selection.main([*args, "--set", 'pipeline.distill.features="tokens"'])
-    retrained = {n for n in METHODS if tokens["methods"][n]["seeds"]["0"]["train_seconds"] != trained[n]}
-    assert retrained == {"topk_influence", "bandit_static", "influmix"}
-    assert tokens["config"]["pipeline"]["distill"]["features"] == "tokens"
+    head = selection.main([*args, "--set", 'pipeline.distill.features="embedding"'])
+    retrained = {n for n in METHODS if head["methods"][n]["seeds"]["0"]["train_seconds"] != trained[n]}
+    assert retrained == {n for n in METHODS if n in MODEL_AWARE} == {"topk_influence", "bandit_static", "influmix"}
+    assert head["config"]["pipeline"]["distill"]["features"] == "embedding"
 
 
 def test_tokens_to_reach_interpolates_between_evaluations() -> None:

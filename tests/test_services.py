@@ -163,7 +163,7 @@ def served_runs(scheduled):
     """The first scheduled run of curate-soon and a triggered run of curate-adhoc with other bandit settings
     (triggered while the scheduled one is not due yet)."""
     settings, upcoming = scheduled
-    triggered = trigger(settings, ["select.ucb_alpha=0.0", "select.exploit_batch=4"])
+    triggered = trigger(settings, ["probe.ucb_alpha=0.0", "select.arm_weight=0.5"])
     first = wait_finished(settings, upcoming[0].id)
     return settings, [str(first.id), triggered]
 
@@ -246,7 +246,7 @@ def test_influmix_run_reports_into_the_served_stack(served_runs):
     database = settings.run_dir / "cli.duckdb"
     overrides = [*tiny_overrides(settings.run_dir, corpus_records=120), f'db_path="{database}"', "cluster.k=3",
                  f"serve.prefect_port={settings.serve.prefect_port}", f"serve.mlflow_port={settings.serve.mlflow_port}",
-                 "proxy.steps_per_stage=6", "probe.n_probes=12", "distill.epochs=20", "select.token_budget=3000",
+                 "proxy.steps_per_stage=6", "probe.budget=32", "distill.epochs=20", "select.token_budget=3000",
                  "track.experiment=influmix-cli", "track.registered_model=influmix-influence-cli"]
     # a fresh shell: no Prefect or MLflow settings, the stack is found through <run_dir>/services/env
     proc = run([str(BIN / "influmix"), "run", *[a for o in overrides for a in ("--set", o)]],

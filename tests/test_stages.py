@@ -76,6 +76,7 @@ def test_finetuned_encoder_distillation_scores_every_document(run_copy):
 
     settings, result = run_copy
     run_id = result.run_id
+    settings.distill.features = "embedding"
     settings.distill.finetune_encoder = True
     settings.distill.epochs = 1
     stats = distill_stage(settings, result.stages[0].probes, result.corpus.tokenized, result.corpus.embedded)
@@ -97,7 +98,8 @@ def test_reselecting_a_stage_replaces_its_mixture(run_copy):
     settings, result = run_copy
     run_id = result.run_id
     settings.select.token_budget = 2_000
-    selection = select_stage(settings, result.stages[1].influence, result.corpus.clustered, progress=False)
+    selection = select_stage(settings, result.stages[1].influence, result.corpus.clustered, result.stages[1].probes,
+                             progress=False)
     write_mixture(settings, selection)
     con = duckdb.connect(str(settings.database), read_only=True)
     tokens, n_docs = con.execute("SELECT tokens, n_documents FROM mixtures WHERE run_id = ? AND stage = 1", [run_id]).fetchone()
@@ -137,12 +139,12 @@ def test_distillation_with_history_fits_on_earlier_stages_probes_too(run_copy):
     run_id = result.run_id
     with db.connect(settings.database, read_only=True) as con:
         probes = store.stage_probes(con, run_id, 1)
-        fit, val, _ = training_rows(probes, "fast", settings.distill.val_fraction, rng(settings.seed, "distill", 1))
+        fit, val, _ = training_rows(probes, settings.distill.val_fraction, rng(settings.seed, "distill", 1))
         assert with_history(con, settings, run_id, 1, fit, val) == (fit, val)  # history_stages = 0: untouched
         settings.distill.history_stages = 1
         pooled_fit, pooled_val = with_history(con, settings, run_id, 1, fit, val)
         (earlier,) = con.execute("SELECT count(*) FROM probes WHERE run_id = ? AND stage = 0 AND split = 'train' "
-                                 "AND isfinite(fast_score)", [run_id]).fetchone()
+                                 "AND isfinite(label)", [run_id]).fetchone()
     assert earlier > 0 and len(pooled_fit) == len(fit) + earlier and len(pooled_val) == len(val)
     assert [d for d, _ in pooled_fit[:len(fit)]] == [d for d, _ in fit]
     stage0 = np.array([y for _, y in pooled_fit[len(fit):]])
@@ -164,6 +166,9 @@ def test_token_distillation_scores_every_document_and_registers_a_text_model(run
 
     settings, result = run_copy
     run_id = result.run_id
+    settings.distill.features = "embedding"  # first the embedding head, then the token model over its folder
+    head = distill_stage(settings, result.stages[1].probes, result.corpus.tokenized, result.corpus.embedded)
+    assert head.student == "head"
     settings.distill.features = "tokens"
     stats = distill_stage(settings, result.stages[1].probes, result.corpus.tokenized, result.corpus.embedded)
     assert stats.student == "tokens" and np.isfinite(stats.heldout_spearman)

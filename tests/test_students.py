@@ -94,13 +94,12 @@ def _fresh_environment(root: Path) -> Path:
 
 SCORE_IN_FRESH_ENV = """
 import json, sys
-import mlflow, numpy as np
+import mlflow, pandas as pd
 import models
 assert not models.__file__.startswith(sys.argv[3]), models.__file__  # the wheel's, not the checkout's
 mlflow.set_tracking_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
-rows = np.array(json.load(sys.stdin), dtype=np.float32)
-print(json.dumps([float(x) for x in model.predict(rows)]))
+print(json.dumps([float(x) for x in model.predict(pd.DataFrame({"text": json.load(sys.stdin)}))]))
 """
 
 
@@ -109,16 +108,17 @@ def test_the_registered_model_loads_in_a_fresh_environment_with_the_wheel(e2e_ru
 
     settings, result = e2e_run
     last = result.stages[-1].influence
-    assert last.student == "head"
+    assert last.student == "tokens"  # the default student: text in, score out
     with db.connect(settings.database, read_only=True) as con:
-        doc_ids, X = store.load_embeddings(con, result.run_id)
+        doc_ids = [m.doc_id for m in store.documents_metadata(con, result.run_id)][:20]
+        texts = store.texts_of(con, result.run_id, doc_ids)
         expected = store.stage_scores(con, result.run_id, last.stage)
     python = _fresh_environment(tmp_path)
     uri = f"models:/{settings.track.registered_model}@{settings.track.model_alias}"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run([str(python), "-c", SCORE_IN_FRESH_ENV, settings.mlflow_uri, uri, str(REPO)],
-                          input=json.dumps(X[:20].tolist()), capture_output=True, text=True, cwd=tmp_path, env=env,
+                          input=json.dumps([texts[d] for d in doc_ids]), capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     scores = json.loads(done.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(scores, [expected[d] for d in doc_ids[:20]], rtol=1e-5)
+    np.testing.assert_allclose(scores, [expected[d] for d in doc_ids], rtol=1e-5)
