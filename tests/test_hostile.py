@@ -69,7 +69,7 @@ def build_corpus(root: Path) -> dict[str, int]:
         jsonl(b'{"text": "unterminated', b"{text: 'single quotes'}", b'{"text": "trailing"} garbage'))
     (root / "wrong_type.jsonl").write_bytes(jsonl(
         {"text": 42}, ["a", "list"], "just a string", None, {"text": {"nested": {"deeper": "x"}}},
-        {"id": {"an": "object"}, "text": "an object is not an id"}, {"text": ["list", "of", "strings"]}))
+        {"id": {"an": "object"}, "text": "an object is not an id, whatever it holds"}, {"text": ["list", "of", "strings"]}))
     (root / "missing_text.jsonl").write_bytes(jsonl({"body": "no text field"}, {"text": None}, {}))
     (root / "empty_text.jsonl").write_bytes(jsonl({"text": ""}, {"text": "   \t\n  "}, {"text": "\u0000\u0000"}))
     (root / "not_utf8.jsonl").write_bytes(jsonl(b'{"text": "caf\xe9 in latin-1"}', b'{"text": "\\ud800 alone"}'))
@@ -130,8 +130,8 @@ def quarantined(settings: Settings, path: Path) -> list[tuple[str, str]]:
     ("nul_bytes.jsonl", [("line:2", "invalid_json"), ("line:3", "invalid_json")]),  # raw NULs are not JSON
     ("huge.jsonl", [("line:1", "too_long")]),
     ("deep.jsonl", [("line:1", "invalid_json"), ("line:2", "wrong_type")]),
-    ("deep.json", [("file", "invalid_json")]),
-    ("bad_array.json", [("file", "invalid_json")]),
+    ("deep.json", [("item:0", "invalid_json")]),
+    ("bad_array.json", [("item:1", "invalid_json")]),  # item 0 is kept
     ("wrong_schema.parquet", [("file", "wrong_schema")]),
     ("int_text.parquet", [("row:0", "wrong_type"), ("row:1", "wrong_type")]),
     ("not_parquet.parquet", [("file", "bad_file")]),
