@@ -285,3 +285,18 @@ def test_parquet_timestamps_python_cannot_hold_cost_their_row_only(tmp_path):
         ingest_corpus(settings, "ts", progress=False)
     assert query(settings, "SELECT locator, reason FROM quarantine ORDER BY locator") == [
         ("row:0", "wrong_type"), ("row:1", "wrong_type")]
+
+
+def test_a_hugging_face_stream_that_breaks_on_its_data_is_one_row(tmp_path):
+    """A data error ends that stream as `bad_file` (the run goes on); only connection errors raise (retried)."""
+    broken = tmp_path / "hf.jsonl"
+    broken.write_bytes(jsonl(*good_records("hf", 2, seed=9)) + b'{"text": broken\n')
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(jsonl(*good_records("after-hf", 2, seed=10)))
+    sources = f'ingest.sources=[{{hf="json", hf_data_files=["{broken}"]}}, {{path="{good}"}}]'
+    settings = load_settings(None, [f'run_dir="{tmp_path / "runs"}"', sources])
+    stats = ingest_corpus(settings, "hf", progress=False)
+    ((source, reason, detail),) = query(settings, "SELECT source, reason, detail FROM quarantine")
+    assert (source, reason) == ("hf:json[train]", "bad_file") and "JSON parse error" in detail
+    assert {d for (d,) in query(settings, "SELECT doc_id FROM documents")} >= {"after-hf-0", "after-hf-1"}
+    assert stats.documents >= 2
