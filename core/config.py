@@ -75,6 +75,84 @@ class IngestSettings(_Section):
     batch_size: int = Field(2_000, ge=1)
 
 
+class _DocumentFilter(_Section):
+    enabled: bool = True
+    skip_below_words: int = Field(
+        50, ge=1, description="documents with fewer whitespace-separated words are not judged by this filter (kept): "
+                              "its ratios mean nothing on a tweet")
+
+
+class LanguageFilterSettings(_DocumentFilter):
+    """py3langid (its model ships in the package): reject a document confidently in another language."""
+
+    skip_below_words: int = Field(1, ge=1, description="documents with fewer words are not judged (kept)")
+    languages: list[str] = Field(["en"], min_length=1, description="ISO 639-1 codes to keep (py3langid's labels)")
+    threshold: float = Field(0.65, ge=0, le=1, description="reject when the top language is not in `languages` "
+                                                           "with at least this probability; unsure is kept")
+
+
+class GopherQualitySettings(_DocumentFilter):
+    """datatrove's GopherQualityFilter (Rae et al. 2021); `None` switches a rule off."""
+
+    min_doc_words: int | None = Field(None, ge=1, description="off by default: short documents are kept (see skip_below_words)")
+    max_doc_words: int | None = Field(100_000, ge=1)
+    min_avg_word_length: float | None = Field(3, ge=0)
+    max_avg_word_length: float | None = Field(10, ge=0)
+    max_symbol_word_ratio: float | None = Field(0.1, ge=0, description="'#' or ellipses per word")
+    max_bullet_lines_ratio: float | None = Field(0.9, ge=0)
+    max_ellipsis_lines_ratio: float | None = Field(0.3, ge=0)
+    max_non_alpha_words_ratio: float | None = Field(0.8, ge=0, description="at least this share of words has a letter")
+    min_stop_words: int | None = Field(2, ge=0, description="of the, be, to, of, and, that, have, with")
+
+
+class GopherRepetitionSettings(_DocumentFilter):
+    """datatrove's GopherRepetitionFilter: duplicated lines, paragraphs and n-grams (Rae et al. 2021, table A1)."""
+
+    dup_line_frac: float | None = Field(0.3, ge=0)
+    dup_para_frac: float | None = Field(0.3, ge=0)
+    dup_line_char_frac: float | None = Field(0.2, ge=0)
+    dup_para_char_frac: float | None = Field(0.2, ge=0)
+    top_n_grams: list[tuple[int, float]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
+    dup_n_grams: list[tuple[int, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
+
+
+class FineWebQualitySettings(_DocumentFilter):
+    """datatrove's FineWebQualityFilter: line punctuation, short lines, duplicated lines, list-like pages."""
+
+    enabled: bool = False
+    line_punct_thr: float = Field(0.12, ge=0, le=1)
+    line_punct_exclude_zero: bool = False
+    short_line_thr: float = Field(0.67, ge=0, le=1)
+    short_line_length: int = Field(30, ge=1)
+    char_duplicates_ratio: float = Field(0.01, ge=0, le=1)
+    new_line_ratio: float = Field(0.3, ge=0)
+
+
+class C4QualitySettings(_DocumentFilter):
+    """datatrove's C4QualityFilter, document-level verdicts only (the lines it would drop are not dropped)."""
+
+    enabled: bool = False
+    skip_below_words: int = Field(1, ge=1)
+    filter_no_terminal_punct: bool = True
+    min_num_sentences: int = Field(5, ge=-1, description="-1 switches it off")
+    min_words_per_line: int = Field(3, ge=-1)
+    max_word_length: int = Field(1000, ge=-1)
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+
+
+class FilterSettings(_Section):
+    """The quality filters between ingest and embed; each rejection is a quarantine row named after its filter."""
+
+    language: LanguageFilterSettings = Field(default_factory=LanguageFilterSettings)
+    gopher_quality: GopherQualitySettings = Field(default_factory=GopherQualitySettings)
+    gopher_repetition: GopherRepetitionSettings = Field(default_factory=GopherRepetitionSettings)
+    fineweb_quality: FineWebQualitySettings = Field(default_factory=FineWebQualitySettings)
+    c4_quality: C4QualitySettings = Field(default_factory=C4QualitySettings)
+
+
 class ReferenceSettings(_Section):
     sources: list[SourceSettings] = Field(default_factory=list)
     max_documents: int = Field(256, ge=1)
@@ -199,6 +277,7 @@ class Settings(_Section):
     stages: int = Field(2, ge=1)
     reuse_stages: bool = Field(True, description="skip stages a previous attempt of the same run id finished")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    filter: FilterSettings = Field(default_factory=FilterSettings)
     reference: ReferenceSettings = Field(default_factory=ReferenceSettings)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)

@@ -9,5 +9,5 @@ FROM (
       AND NOT ($exclude_previous AND doc_id IN (
           SELECT doc_id FROM mixture_members WHERE run_id = $run_id AND stage < $stage))
 ) a
-JOIN documents d ON d.run_id = $run_id AND d.doc_id = a.doc_id
+JOIN pool_documents d ON d.run_id = $run_id AND d.doc_id = a.doc_id
 ORDER BY a.rank_in_cluster, hash(a.doc_id || $seed), a.doc_id;

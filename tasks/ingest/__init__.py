@@ -179,7 +179,8 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
     start = time.perf_counter()
 
     with db.connect(settings.database) as con, db.transaction(con):
-        for statement in ("delete_run_documents", "delete_run_quarantine", "delete_run_duplicates"):
+        for statement in ("delete_run_documents", "delete_run_quarantine", "delete_run_duplicates",
+                          "delete_run_filtered"):  # new documents: the filter stage judges them anew
             db.run(con, statement, [run_id])
         docs = _Buffer(
             con,
