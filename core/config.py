@@ -86,7 +86,9 @@ class LanguageFilterSettings(_DocumentFilter):
     """py3langid (its model ships in the package): reject a document confidently in another language."""
 
     skip_below_words: int = Field(1, ge=1, description="documents with fewer words are not judged (kept)")
-    languages: list[str] = Field(["en"], min_length=1, description="ISO 639-1 codes to keep (py3langid's labels)")
+    languages: list[str] = Field(
+        ["en", "pcm"], min_length=1, description="py3langid labels to keep (ISO 639 codes); 'pcm' (Nigerian Pidgin) "
+                                                 "because py3langid gives it to English news headlines")
     threshold: float = Field(0.65, ge=0, le=1, description="reject when the top language is not in `languages` "
                                                            "with at least this probability; unsure is kept")
 
@@ -101,19 +103,29 @@ class GopherQualitySettings(_DocumentFilter):
     max_symbol_word_ratio: float | None = Field(0.1, ge=0, description="'#' or ellipses per word")
     max_bullet_lines_ratio: float | None = Field(0.9, ge=0)
     max_ellipsis_lines_ratio: float | None = Field(0.3, ge=0)
-    max_non_alpha_words_ratio: float | None = Field(0.8, ge=0, description="at least this share of words has a letter")
+    max_non_alpha_words_ratio: float | None = Field(
+        0.5, ge=0, description="at least this share of words has a letter; Gopher's 0.8 counts the '>' of quoted "
+                               "e-mail replies, the '-' of bullets and '>>>' of code examples as letterless words")
     min_stop_words: int | None = Field(2, ge=0, description="of the, be, to, of, and, that, have, with")
 
 
 class GopherRepetitionSettings(_DocumentFilter):
     """datatrove's GopherRepetitionFilter: duplicated lines, paragraphs and n-grams (Rae et al. 2021, table A1)."""
 
-    dup_line_frac: float | None = Field(0.3, ge=0)
-    dup_para_frac: float | None = Field(0.3, ge=0)
+    dup_line_frac: float | None = Field(
+        None, ge=0, description="share of lines that repeat; off by default: a bullet '-' on a line of its own "
+                                "(converted HTML, code docs) counts as much as a repeated paragraph")
+    dup_para_frac: float | None = Field(None, ge=0, description="share of paragraphs that repeat; off by default, "
+                                                                "as dup_line_frac")
     dup_line_char_frac: float | None = Field(0.2, ge=0)
     dup_para_char_frac: float | None = Field(0.2, ge=0)
-    top_n_grams: list[tuple[int, float]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
-    dup_n_grams: list[tuple[int, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
+    top_n_grams: list[tuple[int, float]] = Field(
+        [(2, 0.3), (3, 0.27), (4, 0.24)], description="(n, share of characters in the most frequent n-gram): Gopher's "
+                                                      "x1.5, since glossaries repeat 'of or relating to' by design")
+    dup_n_grams: list[tuple[int, float]] = Field(
+        [(5, 0.3), (6, 0.28), (7, 0.26), (8, 0.24), (9, 0.22), (10, 0.2)],
+        description="(n, share of characters in repeated n-grams): Gopher's x2, since API docs repeat 'Return value: "
+                    "New reference.' and glossaries their formulas by design")
 
 
 class FineWebQualitySettings(_DocumentFilter):
@@ -132,7 +144,6 @@ class C4QualitySettings(_DocumentFilter):
     """datatrove's C4QualityFilter, document-level verdicts only (the lines it would drop are not dropped)."""
 
     enabled: bool = False
-    skip_below_words: int = Field(1, ge=1)
     filter_no_terminal_punct: bool = True
     min_num_sentences: int = Field(5, ge=-1, description="-1 switches it off")
     min_words_per_line: int = Field(3, ge=-1)

@@ -9,14 +9,17 @@
 * `gopher_quality`, `gopher_repetition`, `fineweb_quality`, `c4_quality` -- datatrove's filters, called on
   single Documents with the thresholds of their settings section (passed through under datatrove's names).
 
-Two departures from datatrove's defaults, both about what a "word" is, both measured in
-benchmarks/results/filters.md:
+Departures from datatrove's defaults, each measured on the shared corpus (benchmarks/results/filters.md,
+README "Quality filters"), each to keep good documents of some domain that web-tuned rules reject:
 * Words are whitespace-separated (`WhitespaceWords`), as in the Gopher paper, not spaCy tokens. spaCy splits
   punctuation into tokens of its own, so Gopher's "80% of words contain a letter" rule rejects most
   dictionary pages and Python docs (their punctuation density), and it is 15x slower.
 * Each filter judges only documents of at least `skip_below_words` words. Gopher drops documents under 50
   words outright; this pool holds tweets and reviews by design, and ratio rules (stop words, top n-gram
   share) say nothing about a ten-word text, so they are kept and left to the influence model.
+* Thresholds where reference text is repetitive or symbol-dense by design (see the settings' descriptions in
+  core/config.py): letters in half the words, not 80%; repetition by characters, not by line/paragraph
+  counts; n-gram repetition at 1.5x / 2x Gopher's shares; 'pcm' kept with 'en'.
 
 Sentences (C4's `min_num_sentences`) end at datatrove's terminal punctuation, matched in linear time:
 datatrove's own fallback sentence regex is quadratic on text without punctuation (13 s for 8,000 characters).

@@ -82,7 +82,7 @@ def test_gopher_quality_rejects_stemmed_text_and_keeps_prose_code_docs_and_tweet
 def test_gopher_repetition_rejects_repeated_lines_and_keeps_prose():
     filters = only("gopher_repetition")
     boilerplate = "\n".join(["Click here to unsubscribe from this mailing list today."] * 12)
-    assert verdict(filters, boilerplate) == "dup_line_frac"
+    assert verdict(filters, boilerplate) == "dup_line_char_frac"
     assert verdict(filters, PROSE) is None and verdict(filters, CODE_DOC) is None
 
 
@@ -178,8 +178,8 @@ def test_stage_records_verdicts_quarantines_and_the_pool_skips_them(ingested):
         ("french", "language"), ("stemmed", "gopher_quality")]
     assert query(settings, "SELECT reason, detail FROM quarantine ORDER BY ALL") == [  # one row per document
         ("gopher_quality", "gopher_enough_stop_words"),
-        ("gopher_quality", "gopher_enough_stop_words; also gopher_repetition: dup_line_frac"),
-        ("language", "fr (p=1.00; keeps en); also gopher_quality: gopher_enough_stop_words")]
+        ("gopher_quality", "gopher_enough_stop_words; also gopher_repetition: dup_line_char_frac"),
+        ("language", "fr (p=1.00; keeps en, pcm); also gopher_quality: gopher_enough_stop_words")]
     pool = {"prose", "code", "tweet", "library", "bread"}
     assert rows(settings, "count_documents", {"run_id": "f"}) == [(5,)]
     page = rows(settings, "documents_page", {"run_id": "f", "after": "", "page_size": 100})
@@ -207,7 +207,7 @@ def test_refiltering_with_other_thresholds_needs_no_reingest(ingested):
 
 def test_stats_of_a_run_with_several_rejections_per_document(ingested):
     settings = load_settings(None, [f'run_dir="{ingested.run_dir}"', "filter.gopher_quality.skip_below_words=1",
-                                    "filter.c4_quality.enabled=true"])
+                                    "filter.c4_quality.enabled=true", "filter.c4_quality.skip_below_words=1"])
     stats = filter_documents(settings, "f", progress=False)
     assert isinstance(stats, FilterStats) and stats.filters == ["language", "gopher_quality", "gopher_repetition",
                                                                 "c4_quality"]
