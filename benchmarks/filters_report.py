@@ -104,13 +104,14 @@ def _filter_table(profile: dict[str, Any], domains: list[str], enabled: list[str
 def write_markdown(result: dict[str, Any], path: Path) -> None:
     domains = sorted(result["ingested_by_domain"])
     docs = sum(v["documents"] for v in result["ingested_by_domain"].values())
-    lines = [f"# Quality filters on the shared corpus ({docs:,} documents after ingest)", "",
-             f"`{result['command']}` on {result['device']}, {result['date']}. Shares of documents (per domain: of "
+    intro = (f"`{result['command']}` on {result['device']}, {result['date']}. Shares of documents (per domain: of "
              "that domain's documents) each filter rejects on its own; filters overlap (see filters.json). The "
-             "`any filter` row's time is the whole stage's, per 1k documents.", ""]
+             "`any filter` row's time is the whole stage's, per 1k documents.")
+    lines = [f"# Quality filters on the shared corpus ({docs:,} documents after ingest)", "", intro, ""]
     for name, profile in result["profiles"].items():
-        title = {"influmix": "influmix thresholds (the defaults)", "datatrove": "datatrove's own web thresholds "
-                 "(every document judged, Gopher's 50-word minimum)"}.get(name, name)
+        titles = {"influmix": "influmix thresholds (the defaults)",
+                  "datatrove": "datatrove's own web thresholds (every document judged, Gopher's 50-word minimum)"}
+        title = titles.get(name, name)
         lines += [f"## {title}", "", *_filter_table(profile, domains, result["enabled_by_default"]
                                                     if name == "influmix" else None), ""]
     influmix = result["profiles"].get("influmix")
@@ -121,10 +122,10 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             lines.append(f"| `{a}` | " + " | ".join(str(influmix["overlap"][a].get(b, 0)) for b in FILTER_NAMES) + " |")
         lines.append("")
     lid = result["language_id"]
-    lines += [f"## Language ID candidates that ship their model ({lid['foreign_documents']} French/Spanish wiki "
-              f"records + {lid['english_sample']} others; rejected = not English at p >= {lid['threshold']})", "",
-              "| package | ms / 1k docs | load s | fr/es top-1 correct | fr/es rejected | others top-1 en | "
-              "others rejected |", "|---|---:|---:|---:|---:|---:|---:|"]
+    heading = (f"## Language ID candidates that ship their model ({lid['foreign_documents']} French/Spanish wiki "
+               f"records + {lid['english_sample']} others; rejected = not English at p >= {lid['threshold']})")
+    columns = "| package | ms / 1k docs | load s | fr/es top-1 correct | fr/es rejected | others top-1 en | others rejected |"
+    lines += [heading, "", columns, "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in lid["candidates"].items():
         if isinstance(row, str):
             lines.append(f"| {name} | {row} | | | | | |")
