@@ -31,6 +31,7 @@ from core.config import ConfigError, Settings, load_settings
 from influmix.cli import app
 from tasks.ingest import IngestError, IngestStats, clean_record, ingest_corpus, repeats
 from tasks.ingest.readers import RawRecord
+from tests.conftest import query
 
 N_REPEATS = 1_000_000
 HUGE_CHARS = 50 * 2**20
@@ -97,14 +98,6 @@ def build_corpus(root: Path) -> dict[str, int]:
 def settings_for(run_dir: Path, *paths: Path, extra: list[str] | None = None) -> Settings:
     sources = ", ".join(f'{{path="{p}"}}' for p in paths)
     return load_settings(None, [f'run_dir="{run_dir}"', f"ingest.sources=[{sources}]", *(extra or [])])
-
-
-def query(settings: Settings, sql: str, params: list | dict | None = None) -> list[tuple]:
-    con = duckdb.connect(str(settings.database), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")

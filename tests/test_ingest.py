@@ -6,7 +6,6 @@ import gzip
 import json
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +25,7 @@ from tasks.ingest import (
     reference_task,
 )
 from tasks.ingest.readers import BadRecord, RawRecord, iter_source
+from tests.conftest import query
 
 SAMPLE = ROOT / "data" / "sample"
 CORPUS, BROKEN, REFERENCE = SAMPLE / "corpus.jsonl.gz", SAMPLE / "broken.jsonl", SAMPLE / "reference.jsonl.gz"
@@ -40,14 +40,6 @@ def make_settings(tmp: Path, sources: list[dict], **ingest) -> Settings:
             "reference": {"sources": [{"path": str(REFERENCE)}]},
         }
     )
-
-
-def query(settings: Settings, sql: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(settings.database), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def counts(settings: Settings, run_id: str) -> dict[str, int]:

@@ -14,7 +14,6 @@ import json
 import random
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from core.config import Settings, load_settings
 from tasks.ingest import ingest_corpus
 from tasks.ingest.clean import strip_invisible, visible_chars
+from tests.conftest import query
 
 WORDS = [
     "river", "mountain", "compiler", "orchestra", "harvest", "lantern", "glacier", "archive", "meadow",
@@ -149,14 +149,6 @@ FILE_CASES = [
 
 def settings_for(run_dir: Path, source: Path, *extra: str) -> Settings:
     return load_settings(None, [f'run_dir="{run_dir}"', f'ingest.sources=[{{path="{source}"}}]', *extra])
-
-
-def query(settings: Settings, sql: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(settings.database), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")
