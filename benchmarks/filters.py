@@ -41,7 +41,8 @@ RUN_ID = "filters"
 ALL_ON = [f"filter.{name}.enabled=true" for name in FILTER_NAMES]
 DATATROVE = [*(f"filter.{name}.skip_below_words=1" for name in FILTER_NAMES), "filter.gopher_quality.min_doc_words=50",
              "filter.gopher_repetition.dup_line_frac=0.3", "filter.gopher_repetition.dup_para_frac=0.3",
-             "filter.gopher_quality.max_non_alpha_words_ratio=0.8", 'filter.language.languages=["en"]',
+             "filter.gopher_quality.max_non_alpha_words_ratio=0.8", "filter.gopher_quality.max_ellipsis_lines_ratio=0.3",
+             'filter.language.languages=["en"]',
              "filter.gopher_repetition.top_n_grams=[[2, 0.2], [3, 0.18], [4, 0.16]]",
              "filter.gopher_repetition.dup_n_grams=[[5, 0.15], [6, 0.14], [7, 0.13], [8, 0.12], [9, 0.11], [10, 0.1]]"]
 PROFILES = {"influmix": [], "datatrove": DATATROVE}

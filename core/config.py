@@ -102,7 +102,9 @@ class GopherQualitySettings(_DocumentFilter):
     max_avg_word_length: float | None = Field(10, ge=0)
     max_symbol_word_ratio: float | None = Field(0.1, ge=0, description="'#' or ellipses per word")
     max_bullet_lines_ratio: float | None = Field(0.9, ge=0)
-    max_ellipsis_lines_ratio: float | None = Field(0.3, ge=0)
+    max_ellipsis_lines_ratio: float | None = Field(
+        None, ge=0, description="lines ending in an ellipsis; off by default (Gopher: 0.3): on a one-line text it "
+                                "rejects every truncated synopsis and trailing-off quote")
     max_non_alpha_words_ratio: float | None = Field(
         0.5, ge=0, description="at least this share of words has a letter; Gopher's 0.8 counts the '>' of quoted "
                                "e-mail replies, the '-' of bullets and '>>>' of code examples as letterless words")

@@ -18,8 +18,9 @@ README "Quality filters"), each to keep good documents of some domain that web-t
   words outright; this pool holds tweets and reviews by design, and ratio rules (stop words, top n-gram
   share) say nothing about a ten-word text, so they are kept and left to the influence model.
 * Thresholds where reference text is repetitive or symbol-dense by design (see the settings' descriptions in
-  core/config.py): letters in half the words, not 80%; repetition by characters, not by line/paragraph
-  counts; n-gram repetition at 1.5x / 2x Gopher's shares; 'pcm' kept with 'en'.
+  core/config.py): letters in half the words, not 80%; no end-of-line-ellipsis rule; repetition by
+  characters, not by line/paragraph counts; n-gram repetition at 1.5x / 2x Gopher's shares; 'pcm' kept
+  with 'en'.
 
 Sentences (C4's `min_num_sentences`) end at datatrove's terminal punctuation, matched in linear time:
 datatrove's own fallback sentence regex is quadratic on text without punctuation (13 s for 8,000 characters).
