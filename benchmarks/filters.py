@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -45,7 +46,8 @@ DATATROVE = [*(f"filter.{name}.skip_below_words=1" for name in FILTER_NAMES), "f
              'filter.language.languages=["en"]',
              "filter.gopher_repetition.top_n_grams=[[2, 0.2], [3, 0.18], [4, 0.16]]",
              "filter.gopher_repetition.dup_n_grams=[[5, 0.15], [6, 0.14], [7, 0.13], [8, 0.12], [9, 0.11], [10, 0.1]]"]
-PROFILES = {"influmix": [], "datatrove": DATATROVE}
+PROFILES = {"defaults": None, "influmix": [], "datatrove": DATATROVE}
+"""`defaults`: only the filters on by default (what a run's pool loses); the others switch every filter on."""
 TIMING_DOCS = 3_000
 SAMPLES_PER_DOMAIN = 6
 
@@ -73,6 +75,13 @@ def overall(part: dict[str, tuple[int, int]], whole: dict[str, tuple[int, int]])
 def rule_of(name: str, detail: str) -> str:
     """The rule that fired: datatrove's reason, or the language py3langid saw."""
     return detail.split(" ", 1)[0] if name == "language" else detail
+
+
+def subset_of(doc_id: str) -> str:
+    """The part of the shared corpus a document comes from: `pydoc:genindex`, `spamassassin:easy-ham`, ..."""
+    source, _, rest = doc_id.partition(":")
+    kind = re.match(r"[a-z]+(?:[-_.][a-z]+)*", rest)
+    return f"{source}:{kind.group()}" if kind else source
 
 
 def time_filters(settings: Settings, texts: list[str]) -> dict[str, float]:
@@ -103,7 +112,8 @@ def measure_profile(settings: Settings, whole: dict[str, tuple[int, int]], texts
     filters: dict[str, Any] = {}
     for name in FILTER_NAMES:
         part = {d: (n, c) for f, d, n, c in counts if f == name}
-        rules = Counter((domain, rule_of(name, detail)) for f, domain, detail in details if f == name)
+        rules = Counter((domain, rule_of(name, detail)) for f, domain, detail, _ in details if f == name)
+        subsets = Counter(subset_of(doc_id) for f, _, _, doc_id in details if f == name)
         by_domain = shares(part, whole)
         for (domain, rule), n in sorted(rules.items()):
             by_domain[domain].setdefault("rules", {})[rule] = n
@@ -111,7 +121,7 @@ def measure_profile(settings: Settings, whole: dict[str, tuple[int, int]], texts
         for (_, rule), n in rules.items():
             overall_rules[rule] += n
         filters[name] = {**overall(part, whole), "by_domain": by_domain, "ms_per_1k_docs": timing[name],
-                         "rules": dict(overall_rules.most_common(12)),
+                         "rules": dict(overall_rules.most_common(12)), "by_subset": dict(subsets.most_common()),
                          "settings": getattr(settings.filter, name).model_dump()}
     return {
         "stage_seconds": stats.seconds, "stage_ms_per_1k_docs": round(stats.seconds / stats.documents * 1e6, 1),
@@ -164,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a filter.* setting of the influmix profile (the datatrove profile adds its own)")
     parser.add_argument("--reuse-ingest", action="store_true", help="keep the documents already in --workdir")
+    parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated subset of the profiles")
+    parser.add_argument("--merge", action="store_true", help="keep the other profiles (and ingest figures) in --out")
     args = parser.parse_args(argv)
     import torch
 
@@ -179,15 +191,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         whole = {d: (n, c) for d, n, c in db.rows(con, "ingested_by_domain", {"run_id": RUN_ID})}
         page = db.rows(con, "filter_documents_page", {"run_id": RUN_ID, "after": "", "page_size": 10**9})
     texts = [text for _, text, *_ in random.Random(0).sample(page, min(TIMING_DOCS, len(page)))]
-    profiles = {}
-    for name, extra in PROFILES.items():
-        settings = settings_for(Path(args.workdir), Path(args.corpus), args.max_records,
-                                [*args.overrides, *ALL_ON, *extra])
-        profiles[name] = {"overrides": [*args.overrides, *extra], **measure_profile(settings, whole, texts)}
+    previous = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else {}
+    profiles = dict(previous.get("profiles", {}))
+    for kept in profiles.values():  # measured by an earlier command: keep saying which
+        kept.setdefault("command", previous.get("command"))
+        kept.setdefault("date", previous.get("date"))
+    for name in args.profiles.split(","):
+        extra = PROFILES[name]
+        switches = [] if extra is None else [*ALL_ON, *extra]
+        settings = settings_for(Path(args.workdir), Path(args.corpus), args.max_records, [*args.overrides, *switches])
+        profiles[name] = {"command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                          "overrides": [*args.overrides, *(extra or [])], **measure_profile(settings, whole, texts)}
+    profiles = {name: profiles[name] for name in PROFILES if name in profiles}
     result = {
         "benchmark": "filters", **versions(), "command": command,
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "corpus": args.corpus,
-        "ingest": ingest or "reused", "ingested_by_domain": {d: {"documents": n, "chars": c} for d, (n, c) in whole.items()},
+        "ingest": ingest or previous.get("ingest", "reused"),
+        "ingested_by_domain": {d: {"documents": n, "chars": c} for d, (n, c) in whole.items()},
         "enabled_by_default": [name for name in FILTER_NAMES if getattr(load_settings().filter, name).enabled],
         "min_chars_candidates": fragment_shares(Path(args.corpus)),
         "profiles": profiles, "language_id": language_id_candidates(page),

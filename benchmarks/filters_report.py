@@ -85,11 +85,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _filter_table(profile: dict[str, Any], domains: list[str], enabled: list[str] | None) -> list[str]:
+def _filter_table(profile: dict[str, Any], domains: list[str], enabled: list[str] | None,
+                  names: list[str]) -> list[str]:
     head = ["filter", *(["on by default"] if enabled is not None else []), "docs removed", "chars removed",
             *domains, "ms / 1k docs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in [*FILTER_NAMES, "any"]:
+    for name in [*names, "any"]:
         row = profile["filters"][name] if name in profile["filters"] else profile["any"]
         cells = [f"`{name}`" if name != "any" else "**any filter**"]
         if enabled is not None:
@@ -104,19 +105,22 @@ def _filter_table(profile: dict[str, Any], domains: list[str], enabled: list[str
 def write_markdown(result: dict[str, Any], path: Path) -> None:
     domains = sorted(result["ingested_by_domain"])
     docs = sum(v["documents"] for v in result["ingested_by_domain"].values())
-    intro = (f"`{result['command']}` on {result['device']}, {result['date']}. Shares of documents (per domain: of "
+    intro = (f"On {result['device']}, {result['date']}. Shares of documents (per domain: of "
              "that domain's documents) each filter rejects on its own; filters overlap (see filters.json). The "
              "`any filter` row's time is the whole stage's, per 1k documents.")
     lines = [f"# Quality filters on the shared corpus ({docs:,} documents after ingest)", "", intro, ""]
     for name, profile in result["profiles"].items():
-        titles = {"influmix": "influmix thresholds (the defaults)",
-                  "datatrove": "datatrove's own web thresholds (every document judged, Gopher's 50-word minimum)"}
-        title = titles.get(name, name)
-        lines += [f"## {title}", "", *_filter_table(profile, domains, result["enabled_by_default"]
-                                                    if name == "influmix" else None), ""]
+        titles = {"defaults": "The default settings: what a run's pool loses",
+                  "influmix": "Every filter on, influmix thresholds",
+                  "datatrove": "Every filter on, datatrove's own web thresholds (every document judged, Gopher's "
+                               "50-word minimum)"}
+        names = result["enabled_by_default"] if name == "defaults" else list(FILTER_NAMES)
+        enabled = result["enabled_by_default"] if name == "influmix" else None
+        lines += [f"## {titles.get(name, name)}", "", f"`{profile.get('command', result['command'])}`", "",
+                  *_filter_table(profile, domains, enabled, names), ""]
     influmix = result["profiles"].get("influmix")
     if influmix:
-        lines += ["## Overlap (influmix thresholds): documents both filters reject", "",
+        lines += ["## Overlap (every filter on, influmix thresholds): documents both filters reject", "",
                   "| | " + " | ".join(f"`{b}`" for b in FILTER_NAMES) + " |", "|" + "---|" * (len(FILTER_NAMES) + 1)]
         for a in FILTER_NAMES:
             lines.append(f"| `{a}` | " + " | ".join(str(influmix["overlap"][a].get(b, 0)) for b in FILTER_NAMES) + " |")
