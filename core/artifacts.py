@@ -62,6 +62,35 @@ class Ingested:
         return metrics
 
 
+@dataclass
+class Filtered:
+    """The pool after the quality filters: each filter's verdicts (`filtered_documents`) and quarantine rows;
+    every later stage reads the pool through the `pool_documents` view, which leaves rejected documents out."""
+
+    run_id: str
+    documents: int = 0  # judged: every document the run ingested
+    kept: int = 0
+    filtered: int = 0  # rejected by at least one filter
+    by_filter: dict[str, int] = field(default_factory=dict)  # documents each filter rejects (they overlap)
+    chars_by_filter: dict[str, int] = field(default_factory=dict)
+    first_by_filter: dict[str, int] = field(default_factory=dict)  # quarantine rows: the first filter that rejects
+    errors: dict[str, int] = field(default_factory=dict)  # documents a filter raised on (kept, not judged by it)
+    filters: list[str] = field(default_factory=list)  # the enabled filters, in order
+    seconds: float = 0.0
+    TABLES: ClassVar[tuple[str, ...]] = ("filtered_documents", "quarantine")
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat float metrics with MLflow-safe keys: `filter.documents`, `filter.kept`, `filter.<name>`, ..."""
+        metrics = {"filter.documents": float(self.documents), "filter.kept": float(self.kept),
+                   "filter.filtered": float(self.filtered), "filter.seconds": float(self.seconds)}
+        for name in self.filters:
+            key = metric_key(name)
+            metrics[f"filter.{key}"] = float(self.by_filter.get(name, 0))
+            metrics[f"filter.{key}.chars"] = float(self.chars_by_filter.get(name, 0))
+            metrics[f"filter.{key}.errors"] = float(self.errors.get(name, 0))
+        return metrics
+
+
 @dataclass(frozen=True)
 class ReferenceSet:
     """The reference (target) documents the proxy's reference loss and the probes are measured on."""
@@ -285,9 +314,11 @@ class Corpus:
     embedded: Embedded
     clustered: Clustered
     tokenized: Tokenized
+    filtered: Filtered | None = None  # None where a caller skips the filter stage (the pool is then all ingested)
 
     def parts(self) -> tuple[Any, ...]:
-        return (self.ingested, self.reference, self.embedded, self.clustered, self.tokenized)
+        parts = (self.ingested, self.reference, self.embedded, self.clustered, self.tokenized)
+        return parts if self.filtered is None else (*parts, self.filtered)
 
 
 @dataclass

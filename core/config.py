@@ -13,15 +13,34 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
-STATIC_EMBED_MODELS = {"minilm-static": "all-MiniLM-L6-v2"}
-"""`embed.model` names of static models distilled locally (tasks/embed.py), and the transformer each is
-distilled from; `embed.model = "static:<model>"` distils one from any other sentence-transformers model."""
-STATIC_EMBED_PREFIX = "static:"
+from core.sections import (  # noqa: F401 - the sections are part of this module's interface
+    DEVICE_PATTERN,
+    STATIC_EMBED_MODELS,
+    STATIC_EMBED_PREFIX,
+    C4QualitySettings,
+    ClusterSettings,
+    DistillSettings,
+    EmbedSettings,
+    FilterSettings,
+    FineWebQualitySettings,
+    GopherQualitySettings,
+    GopherRepetitionSettings,
+    IngestSettings,
+    LanguageFilterSettings,
+    ProbeSettings,
+    ProxySettings,
+    ReferenceSettings,
+    RunnerSettings,
+    SelectSettings,
+    ServeSettings,
+    SourceSettings,
+    TrackSettings,
+    _Section,
+)
 
 
 def is_static_embed_name(model: str) -> bool:
@@ -36,176 +55,6 @@ class ConfigError(ValueError):
     """A user mistake in the configuration: the message names the setting and says what is wrong."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SourceSettings(_Section):
-    """One input: a local file/glob (JSONL, JSONL.gz, Parquet, plain text) or a Hugging Face dataset."""
-
-    path: str | None = Field(None, description="file, directory or glob of .jsonl/.jsonl.gz/.json/.parquet/.txt")
-    hf: str | None = Field(None, description="Hugging Face `datasets` path or id, streamed (e.g. 'json', 'wikitext')")
-    hf_config: str | None = None
-    hf_split: str = "train"
-    hf_data_files: list[str] | None = None
-    hf_revision: str | None = None
-    text_field: str = "text"
-    id_field: str | None = "id"
-    domain_field: str | None = "domain"
-    domain: str | None = Field(None, description="fixed domain label for every record of this source")
-    max_records: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _one_location(self) -> SourceSettings:
-        if (self.path is None) == (self.hf is None):
-            raise ValueError("give exactly one of `path` or `hf`")
-        return self
-
-
-class IngestSettings(_Section):
-    sources: list[SourceSettings] = Field(default_factory=list)
-    min_chars: int = Field(1, ge=1, description="shorter (after stripping) is quarantined as empty_text")
-    max_chars: int = Field(200_000, ge=1, description="longer is quarantined as too_long")
-    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard at or above which a doc is a near duplicate")
-    minhash_num_perm: int = Field(64, ge=16)
-    shingle_words: int = Field(5, ge=1)
-    batch_size: int = Field(2_000, ge=1)
-
-
-class ReferenceSettings(_Section):
-    sources: list[SourceSettings] = Field(default_factory=list)
-    max_documents: int = Field(256, ge=1)
-
-
-class EmbedSettings(_Section):
-    model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers id or local path; 'minilm-static' (or "
-                                                      "'static:<model>') distils a static model from it, ~100x faster on CPU")
-    batch_size: int = Field(32, ge=1)
-    max_seq_length: int = Field(128, ge=8)
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N | mps")
-
-
-class ClusterSettings(_Section):
-    k: int = Field(16, ge=2)
-    batch_size: int = Field(1024, ge=16)
-
-
-class ProxySettings(_Section):
-    preset: Literal["tiny", "25m", "125m", "410m"] = Field("tiny", description="GPTNeoX size preset")
-    vocab_size: int = Field(4096, ge=260)
-    seq_len: int = Field(128, ge=16)
-    tokenizer_max_docs: int = Field(20_000, ge=10)
-    batch_size: int = Field(8, ge=1)
-    steps_per_stage: int = Field(60, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(10, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = Field(0.9, gt=0, lt=1)
-    beta2: float = Field(0.95, gt=0, lt=1)
-    grad_clip: float = Field(1.0, gt=0)
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N | mps")
-    bf16: bool = True
-    compile: bool = False
-    train_attention: Literal["sdpa", "eager"] = Field("sdpa", description="attention kernel while training")
-    peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU; default from a GPU table")
-
-
-class ProbeSettings(_Section):
-    """The stage's oracle and the bandit that spends it (tasks/probe.py, models/bandit.py)."""
-
-    oracle: Literal["conditional", "one_step"] = Field(
-        "conditional", description="conditional: a document's loss drop under the checkpoint briefly fine-tuned on half "
-                                   "the reference (CoLoR); one_step: MATES's one AdamW step on the document")
-    budget: int = Field(512, ge=8, description="documents the oracle measures per stage")
-    sampling: Literal["bandit", "uniform"] = Field(
-        "bandit", description="bandit: the oracle bandit chooses each pull's arm; uniform: a random sample of the pool")
-    pull_size: int = Field(8, ge=1, description="documents measured per bandit pull")
-    ucb_alpha: float = Field(1.0, ge=0, description="exploration of the oracle bandit")
-    warm_pulls: int = Field(1, ge=0, description="pulls of every arm before the bandit chooses")
-    share_distance: float = Field(0.2, ge=0, le=2, description="rewards are shared with arms whose centroids are closer")
-    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="measured documents kept to judge the influence model")
-    reference_sequences: int = Field(32, ge=1, description="reference rows the losses of probes and rollouts are taken on")
-    finetune_steps: int = Field(128, ge=1, description="conditional oracle: most fine-tuning steps on the fit half")
-    finetune_eval_every: int = Field(16, ge=1, description="conditional oracle: steps between checks on the other half")
-    finetune_lr: float | None = Field(None, gt=0, description="conditional oracle: default the proxy's peak lr")
-    shrink_tokens: float = Field(0.0, ge=0, description="conditional oracle: pseudo-tokens a document's mean drop is "
-                                                         "shrunk by (a length prior)")
-    group_rollouts: bool = Field(True, description="each arm's group reward: a short rollout on a batch of it, minus a "
-                                                   "random pool batch's")
-    rollout_steps: int = Field(4, ge=1)
-    rollout_rows_per_step: int = Field(8, ge=1)
-    control_batches: int = Field(4, ge=1, description="random pool batches the rollout control averages")
-    probe_lr: float | None = Field(None, gt=0, description="one_step: lr of the probe step; default the trainer's peak lr")
-    fast_estimator: Literal["shifted", "first_order", "gradient_cosine"] = Field(
-        "shifted", description="one_step: the fast probe's estimator (the exact probe runs on a slice)")
-    exact_fraction: float = Field(0.25, ge=0, le=1, description="one_step: share of measured documents probed exactly")
-
-
-class DistillSettings(_Section):
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="measured documents set aside for early stopping")
-    finetune_encoder: bool | None = Field(
-        None, description="fine-tune the encoder end to end; default: on CUDA yes, on CPU a head on stored embeddings")
-    hidden_dim: int = Field(128, ge=1)
-    epochs: int = Field(200, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    ranking_weight: float = Field(0.0, ge=0)
-    patience: int = Field(30, ge=1)
-    features: Literal["embedding", "tokens"] = Field(
-        "tokens", description="what the influence model reads: the proxy's own tokens (ridge weights per token), or "
-                              "the document embeddings (an MLP head, or the encoder fine-tuned)")
-    reference_prior: float = Field(
-        0.0, ge=0, description="token model only: weight of a DSIR-style prior (reference vs pool token log-ratio), "
-                               "in units of the probes' spread")
-    history_stages: int = Field(
-        0, ge=0, description="earlier stages whose training probes (z-scored per stage) join this stage's fit set")
-
-
-class SelectSettings(_Section):
-    method: Literal["bandit", "topk", "arms"] = Field(
-        "bandit", description="bandit: the influence scores plus each arm's measured reward; topk: the scores alone; "
-                              "arms: the arm rewards alone")
-    token_budget: int = Field(50_000, ge=1, description="tokens per stage's mixture")
-    arm_weight: float = Field(1.0, ge=0, description="bandit: weight of an arm's measured reward (z units) in the ranking")
-    prior_pulls: float = Field(2.0, ge=0, description="bandit: pseudo-pulls an arm's reward is shrunk toward 0 by")
-    temperature: float = Field(0.0, ge=0, description="Gumbel-top-k temperature over the ranking; 0 = plain top-k")
-    exclude_previous: bool = True
-
-
-class TrackSettings(_Section):
-    tracking_uri: str | None = Field(None, description="default sqlite:///<run_dir>/mlflow.db")
-    experiment: str = "influmix"
-    registered_model: str = "influmix-influence"
-    model_alias: str = "current"
-
-
-class ServeSettings(_Section):
-    """Where `influmix serve` runs the Prefect server, worker and MLflow server."""
-
-    host: str = Field("127.0.0.1", description="bind address; anything but loopback exposes the services")
-    prefect_port: int = Field(4200, ge=1, le=65535)
-    mlflow_port: int = Field(5000, ge=1, le=65535)
-    work_pool: str = Field("influmix-process", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    startup_timeout: float = Field(180.0, gt=0, description="seconds each service gets to become healthy")
-    dir: Path | None = Field(None, description="logs, pid files and the env file; default <run_dir>/services")
-
-
-class RunnerSettings(_Section):
-    """Where the sharded stages (embed, probe, influence scoring) run: in this process or on a Ray cluster.
-
-    Both runners execute the same shard code on the same shard boundaries, so the mixture does not depend
-    on the choice; Ray only spreads the shards over more cores and machines (see infra/RAY.md).
-    """
-
-    kind: Literal["local", "ray"] = Field("local", description="local: shards run one after another in-process")
-    ray_address: str | None = Field(
-        None, description="Ray head, e.g. '127.0.0.1:6379' or 'ray://host:10001'; None with kind ray starts a local Ray")
-    shards: int = Field(4, ge=1, description="document shards per sharded stage (fewer if there is less work)")
-    shard_dir: Path | None = Field(
-        None, description="shard Parquet files, per run under <shard_dir>/<run_id>; default <run_dir>/<run_id>/shards; "
-                          "on a multi-node cluster it must be storage every node can read and write")
-
-
 class Settings(_Section):
     run_dir: Path = Path("runs")
     db_path: Path | None = Field(None, description="default <run_dir>/influmix.duckdb")
@@ -215,6 +64,7 @@ class Settings(_Section):
     stages: int = Field(2, ge=1)
     reuse_stages: bool = Field(True, description="skip stages a previous attempt of the same run id finished")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    filter: FilterSettings = Field(default_factory=FilterSettings)
     reference: ReferenceSettings = Field(default_factory=ReferenceSettings)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)

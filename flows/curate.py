@@ -1,5 +1,5 @@
-"""The curation flow: ingest -> embed -> cluster -> tokenize -> per stage (pretrain -> probe -> distil ->
-select -> write) -> track. Each task returns what it wrote (core/artifacts.py); the next one receives it."""
+"""The curation flow: ingest -> filter -> embed -> cluster -> tokenize -> per stage (pretrain -> probe -> distil
+-> select -> write) -> track. Each task returns what it wrote (core/artifacts.py); the next one receives it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flows.stages import StageSteps, model_aware_stages
 from tasks.cluster import cluster_task
 from tasks.distill import distill_task
 from tasks.embed import embed_task
+from tasks.filter import filter_task
 from tasks.ingest import ingest_task, reference_task
 from tasks.mixture import write_mixture_task
 from tasks.pretrain import pretrain_task
@@ -31,10 +32,11 @@ def curate(config: str | None = None, overrides: list[str] | None = None) -> Run
 
     ingested = ingest_task(settings, run.run_id)
     reference = reference_task(settings, run.run_id)
-    embedded = embed_task(settings, ingested)
+    pool = filter_task(settings, ingested)
+    embedded = embed_task(settings, pool)
     clustered = cluster_task(settings, embedded)
-    tokenized = tokenizer_task(settings, ingested, reference)
-    corpus = Corpus(ingested, reference, embedded, clustered, tokenized)
+    tokenized = tokenizer_task(settings, pool, reference)
+    corpus = Corpus(ingested, reference, embedded, clustered, tokenized, pool)
     stages = model_aware_stages(settings, corpus, STAGE_TASKS)
 
     metrics, curves = run_metrics(corpus, stages)

@@ -108,13 +108,13 @@ def curate_and_report(settings, config: Path | None, overrides: list[str], debug
 
     env = run_environment(settings)
     os.environ.update(env)
-    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
     from tasks.embed import check_embed_model
     from tasks.ingest import check_sources
 
     guarded(lambda: check_sources(settings), debug)
     guarded(lambda: check_embed_model(settings), debug)
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # after the checks: a typo writes nothing
 
     from prefect.settings import get_current_settings
 

@@ -67,6 +67,7 @@ def run_facts(result: RunResult, seconds: float) -> dict[str, Any]:
         "exact duplicates dropped": int(m.get("exact_duplicates", 0)),
         "near duplicates dropped": int(m.get("near_duplicates", 0)),
         "quarantined records": int(m.get("quarantined", 0)),
+        "filtered by the quality filters": int(m.get("filter.filtered", 0)),
         "documents embedded (new / reused from earlier runs)":
             f"{int(m.get('embed_new', 0)):,} / {int(m.get('embed_reused', 0)):,}",
         "token counts (new / reused)": f"{int(m.get('token_counts_new', 0)):,} / {int(m.get('token_counts_reused', 0)):,}"

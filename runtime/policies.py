@@ -21,12 +21,14 @@ from core.artifacts import Run
 from core.config import Settings
 
 # Settings each corpus-level stage reads; per-stage tasks depend on the whole (mixture-shaping) config.
+# The pool is what ingest kept and the filter stage did not reject, so the stages reading it depend on both.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest",),
+    "filter": ("ingest", "filter"),
     "reference": ("reference",),
-    "embed": ("ingest", "embed"),
-    "cluster": ("ingest", "embed", "cluster", "seed"),
-    "tokenizer": ("ingest", "reference", "proxy", "seed"),
+    "embed": ("ingest", "filter", "embed"),
+    "cluster": ("ingest", "filter", "embed", "cluster", "seed"),
+    "tokenizer": ("ingest", "filter", "reference", "proxy", "seed"),
 }
 
 

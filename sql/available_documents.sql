@@ -1,9 +1,9 @@
--- The documents a stage may probe or select: every clustered document of the run, minus (with
+-- The documents a stage may probe or select: every clustered pool document of the run, minus (with
 -- $exclude_previous) those already in an earlier stage's mixture. In doc_id order; core/store.py puts
 -- them in the seeded cluster-stratified order (so the order never depends on DuckDB's hash function).
 SELECT a.doc_id, a.cluster_id, d.n_tokens
 FROM cluster_assignments a
-JOIN documents d ON d.run_id = a.run_id AND d.doc_id = a.doc_id
+JOIN pool_documents d ON d.run_id = a.run_id AND d.doc_id = a.doc_id
 WHERE a.run_id = $run_id
   AND NOT ($exclude_previous AND a.doc_id IN (
       SELECT doc_id FROM mixture_members WHERE run_id = $run_id AND stage < $stage))

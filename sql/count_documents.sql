@@ -1,2 +1,2 @@
--- Number of clean documents in a run.
-SELECT count(*) AS documents FROM documents WHERE run_id = $run_id;
+-- Number of documents in a run's pool (clean, deduplicated, not filtered).
+SELECT count(*) AS documents FROM pool_documents WHERE run_id = $run_id;

@@ -35,10 +35,27 @@ CREATE TABLE IF NOT EXISTS quarantine (
     run_id   VARCHAR NOT NULL,
     source   VARCHAR NOT NULL,
     locator  VARCHAR NOT NULL,                     -- where in the source: line:N, item:N, row:N or file
-    reason   VARCHAR NOT NULL,                     -- invalid_json | not_utf8 | empty_text | missing_text | wrong_type | too_long | duplicate_id | bad_file | wrong_schema
+    reason   VARCHAR NOT NULL,                     -- invalid_json | not_utf8 | empty_text | missing_text | wrong_type | bad_id | bad_domain | too_long | duplicate_id | bad_file | wrong_schema; or the filter that rejected a document (filter stage)
     detail   VARCHAR,
     excerpt  VARCHAR                               -- first bytes of the raw record, for a human
 );
+
+-- The filter stage's verdicts: one row per document and filter that rejects it (a document may have several).
+-- The document stays in `documents`, so re-running the filter stage with other thresholds needs no re-ingest;
+-- every read of the pool goes through `pool_documents`, which leaves these documents out.
+CREATE TABLE IF NOT EXISTS filtered_documents (
+    run_id  VARCHAR NOT NULL,
+    doc_id  VARCHAR NOT NULL,
+    filter  VARCHAR NOT NULL,                      -- language | gopher_quality | gopher_repetition | fineweb_quality | c4_quality
+    detail  VARCHAR NOT NULL,                      -- the filter's own reason, e.g. gopher_enough_stop_words, fr (p=0.99)
+    PRIMARY KEY (run_id, doc_id, filter)
+);
+
+-- The pool a run selects from: its clean, deduplicated documents that no filter rejected.
+CREATE VIEW IF NOT EXISTS pool_documents AS
+SELECT d.run_id, d.doc_id, d.text, d.source, d.locator, d.domain, d.n_chars, d.n_tokens, d.content_hash
+FROM documents d
+WHERE NOT EXISTS (SELECT 1 FROM filtered_documents f WHERE f.run_id = d.run_id AND f.doc_id = d.doc_id);
 
 -- Dropped duplicates and what they duplicate (exact by hash, near by MinHash Jaccard).
 CREATE TABLE IF NOT EXISTS duplicates (

@@ -23,7 +23,7 @@ from prefect import task
 from tokenizers import Tokenizer
 
 from core import db, store
-from core.artifacts import Ingested, ReferenceSet, Tokenized
+from core.artifacts import Filtered, Ingested, ReferenceSet, Tokenized
 from core.config import Settings
 from core.seeds import document_keys
 from models.proxy_lm import pack_sequences, save_token_rows
@@ -106,10 +106,10 @@ def count_new_tokens(con, run_id: str, tokenizer: Tokenizer, tokenizer_hash: str
     return new
 
 
-def train_tokenizer(settings: Settings, ingested: Ingested, reference: ReferenceSet) -> Tokenized:
+def train_tokenizer(settings: Settings, pool: Filtered | Ingested, reference: ReferenceSet) -> Tokenized:
     """Train (or reuse) the proxy BPE on a seeded sample of the pool, count every document's tokens (or reuse
     the counts), pack the reference."""
-    cfg, run_id = settings.proxy, ingested.run_id
+    cfg, run_id = settings.proxy, pool.run_id
     folder = settings.stage_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     path, reference_path = folder / "tokenizer.json", folder / "reference_tokens.safetensors"

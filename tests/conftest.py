@@ -35,6 +35,17 @@ def sample_texts(n: int = 300, max_chars: int | None = None) -> list[str]:
     return texts
 
 
+def query(settings, sql: str, params: list | dict | None = None) -> list[tuple]:
+    """Rows of one SQL statement against a run's DuckDB file, opened read-only (what tests assert on)."""
+    import duckdb
+
+    con = duckdb.connect(str(settings.database), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now, for servers the tests start on 127.0.0.1."""
     with socket.socket() as sock:

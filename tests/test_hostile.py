@@ -32,6 +32,7 @@ from core.config import ConfigError, Settings, load_settings
 from influmix.cli import app
 from tasks.ingest import IngestError, clean_record, ingest_corpus, repeats
 from tasks.ingest.readers import RawRecord
+from tests.conftest import query
 
 N_REPEATS = 1_000_000
 HUGE_CHARS = 50 * 2**20
@@ -70,7 +71,7 @@ def build_corpus(root: Path) -> dict[str, int]:
         jsonl(b'{"text": "unterminated', b"{text: 'single quotes'}", b'{"text": "trailing"} garbage'))
     (root / "wrong_type.jsonl").write_bytes(jsonl(
         {"text": 42}, ["a", "list"], "just a string", None, {"text": {"nested": {"deeper": "x"}}},
-        {"id": {"an": "object"}, "text": "an object is not an id"}, {"text": ["list", "of", "strings"]}))
+        {"id": {"an": "object"}, "text": "an object is not an id, whatever it holds"}, {"text": ["list", "of", "strings"]}))
     (root / "missing_text.jsonl").write_bytes(jsonl({"body": "no text field"}, {"text": None}, {}))
     (root / "empty_text.jsonl").write_bytes(jsonl({"text": ""}, {"text": "   \t\n  "}, {"text": "\u0000\u0000"}))
     (root / "not_utf8.jsonl").write_bytes(jsonl(b'{"text": "caf\xe9 in latin-1"}', b'{"text": "\\ud800 alone"}'))
@@ -100,14 +101,6 @@ def settings_for(run_dir: Path, *paths: Path, extra: list[str] | None = None) ->
     return load_settings(None, [f'run_dir="{run_dir}"', f"ingest.sources=[{sources}]", *(extra or [])])
 
 
-def query(settings: Settings, sql: str, params: list | dict | None = None) -> list[tuple]:
-    con = duckdb.connect(str(settings.database), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
-
-
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory) -> tuple[Settings, Ingested, Path, dict[str, int]]:
     root = tmp_path_factory.mktemp("hostile")
@@ -131,8 +124,8 @@ def quarantined(settings: Settings, path: Path) -> list[tuple[str, str]]:
     ("nul_bytes.jsonl", [("line:2", "invalid_json"), ("line:3", "invalid_json")]),  # raw NULs are not JSON
     ("huge.jsonl", [("line:1", "too_long")]),
     ("deep.jsonl", [("line:1", "invalid_json"), ("line:2", "wrong_type")]),
-    ("deep.json", [("file", "invalid_json")]),
-    ("bad_array.json", [("file", "invalid_json")]),
+    ("deep.json", [("item:0", "invalid_json")]),
+    ("bad_array.json", [("item:1", "invalid_json")]),  # item 0 is kept
     ("wrong_schema.parquet", [("file", "wrong_schema")]),
     ("int_text.parquet", [("row:0", "wrong_type"), ("row:1", "wrong_type")]),
     ("not_parquet.parquet", [("file", "bad_file")]),

@@ -6,7 +6,6 @@ import gzip
 import json
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +25,7 @@ from tasks.ingest import (
     reference_task,
 )
 from tasks.ingest.readers import BadRecord, RawRecord, iter_source
+from tests.conftest import query
 
 SAMPLE = ROOT / "data" / "sample"
 CORPUS, BROKEN, REFERENCE = SAMPLE / "corpus.jsonl.gz", SAMPLE / "broken.jsonl", SAMPLE / "reference.jsonl.gz"
@@ -40,14 +40,6 @@ def make_settings(tmp: Path, sources: list[dict], **ingest) -> Settings:
             "reference": {"sources": [{"path": str(REFERENCE)}]},
         }
     )
-
-
-def query(settings: Settings, sql: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(settings.database), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def counts(settings: Settings, run_id: str) -> dict[str, int]:
@@ -112,7 +104,11 @@ def test_every_quarantine_reason_with_its_record(sample_run):
     assert by_line["line:8"][0] == "duplicate_id"
     assert by_line["line:9"][0] == "too_long" and "250000" in by_line["line:9"][1]
     assert all(excerpt is not None and len(excerpt) <= 200 for *_, excerpt in got)
-    assert stats.quarantined == len(got) == sum(stats.quarantine_by_reason.values())
+    # the sample corpus itself only loses its few fragments under `ingest.min_chars` visible characters
+    fragments = query(settings, "SELECT reason, count(*) FROM quarantine WHERE run_id = 'sample' AND source = ? "
+                      "GROUP BY 1", [str(CORPUS)])
+    assert fragments == [("empty_text", 12)]
+    assert stats.quarantined == len(got) + 12 == sum(stats.quarantine_by_reason.values())
     assert set(stats.quarantine_by_reason) == REASONS
 
 
@@ -193,7 +189,7 @@ def test_parquet_text_and_json_array_inputs(tmp_path):
         b"A plain text file.\r\nIt is one document.\r\n\r\nWith two paragraphs.\r\n"
     )
     (data / "array.json").write_text(
-        json.dumps([{"text": "json array item", "id": "a1"}, 7]), encoding="utf-8"
+        json.dumps([{"text": "an item of a JSON array of records", "id": "a1"}, 7]), encoding="utf-8"
     )
     (data / "ignored.csv").write_text("text\nnot read\n", encoding="utf-8")
     settings = make_settings(
@@ -208,7 +204,7 @@ def test_parquet_text_and_json_array_inputs(tmp_path):
     docs = dict(query(settings, "SELECT doc_id, text FROM documents WHERE run_id = 'mixed'"))
     assert docs["p1"] == "parquet document one about rivers" and "p2" in docs
     assert docs[str(data / "note.txt")] == "A plain text file.\nIt is one document.\n\nWith two paragraphs."
-    assert docs["a1"] == "json array item"
+    assert docs["a1"] == "an item of a JSON array of records"
     assert stats.by_domain == {"tabular": 2, "notes": 1, "unknown": 1}
     reasons = set(query(settings, "SELECT reason, locator FROM quarantine WHERE run_id = 'mixed'"))
     assert reasons == {("missing_text", "row:2"), ("wrong_type", "item:1")}
@@ -297,9 +293,9 @@ def test_record_rules_min_max_ids_and_caps(tmp_path):
 
 def test_load_reference(tmp_path):
     settings = make_settings(tmp_path, [{"path": str(CORPUS)}])
-    assert load_reference(settings, "ref").documents == 150
-    assert load_reference(settings, "ref").documents == 150  # re-run replaces
-    assert query(settings, "SELECT count(*), count(DISTINCT domain) FROM reference_documents")[0] == (150, 2)
+    assert load_reference(settings, "ref").documents == 149  # 150 records, one under `ingest.min_chars`
+    assert load_reference(settings, "ref").documents == 149  # re-run replaces
+    assert query(settings, "SELECT count(*), count(DISTINCT domain) FROM reference_documents")[0] == (149, 2)
     small = load_settings(
         None,
         overrides=[

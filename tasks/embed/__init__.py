@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from core import db, store
-from core.artifacts import Embedded, Ingested
+from core.artifacts import Embedded, Filtered, Ingested
 from core.config import EmbedSettings, Settings
 from core.faults import failpoint
 from models.influence_encoder import embedding_dim
@@ -110,10 +110,11 @@ def _embed_new(con, settings: Settings, run_id: str, embedder: Embedder, key: st
         yield results
 
 
-def embed_documents(settings: Settings, ingested: Ingested, progress: bool = True) -> Embedded:
-    """Embed the pool's new documents in page-aligned shards (`runner`), then, in one transaction, add their
-    vectors to `embedding_cache` and write the run's `embeddings` from the cache."""
-    cfg, run_id = settings.embed, ingested.run_id
+def embed_documents(settings: Settings, pool: Filtered | Ingested, progress: bool = True) -> Embedded:
+    """Embed the pool's new documents (what the filter stage kept; all ingested ones without it) in
+    page-aligned shards (`runner`), then, in one transaction, add their vectors to `embedding_cache` and write
+    the run's `embeddings` from the cache."""
+    cfg, run_id = settings.embed, pool.run_id
     started = time.perf_counter()
     embedder = resolve_embedder(cfg)
     key = embedder.key or f"uncached:{run_id}:{time.time_ns()}"  # an unreadable model: a key no run shares

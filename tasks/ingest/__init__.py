@@ -10,11 +10,19 @@ is a corpus in which no document survives (after the rows are committed, so the 
 Byte-identical repeated lines skip parsing, cleaning and hashing (`tasks/ingest/repeats.py`), same outcome.
 
 Per record, in order (the first failing check decides the quarantine reason):
-* `missing_text` -- no `text_field` (or it is null); `wrong_type` -- text not a string (bytes are decoded),
-  record not an object, or an id that is not a string/integer;
-* NUL characters are **stripped** (not quarantined); CRLF and lone CR become LF; then the text is stripped;
-* `not_utf8` -- invalid UTF-8 bytes (JSONL/.txt/.json) or lone surrogates from `\\ud800`-style escapes;
-* `empty_text` -- shorter than `ingest.min_chars` after stripping; `too_long` -- more than `ingest.max_chars`;
+* `missing_text` -- no `text_field` (or it is null); `wrong_type` -- text not a string (bytes are decoded; a
+  number too long to convert, a Parquet value Python cannot hold, ... say what they are), record not an object;
+* NUL characters are **stripped** (not quarantined); CRLF and lone CR become LF; then whitespace and invisible
+  characters are stripped from both ends (`tasks/ingest/clean.py`);
+* `not_utf8` -- invalid UTF-8 bytes (JSONL/.txt/.json), a UTF-16/32 file, or lone surrogates from
+  `\\ud800`-style escapes (in the text, the id or the domain);
+* `empty_text` -- fewer than `ingest.min_chars` *visible* characters (invisible-only text counts as empty);
+  `too_long` -- more than `ingest.max_chars` characters;
+* the id: a string or an integer (an integral float up to 2**53 too); blank or missing -> the locator.
+  `wrong_type` for anything else (bool, list, dict, NaN, 1.5, ...), `bad_id` for more than 1024 characters
+  or control characters in it;
+* the domain: a string or an integer code; blank or missing -> "unknown"; `wrong_type` for anything else,
+  `bad_domain` for more than 200 characters or control characters;
 * `duplicate_id` -- the id was already used by a record with different text (same text: an exact duplicate).
 Then exact dedup on `content_hash` (sha256 of the whitespace-collapsed text; first occurrence kept) and near
 dedup (MinHash of lower-cased word `shingle_words`-grams, LSH at `near_dup_threshold`, kept if no earlier
@@ -110,10 +118,10 @@ def check_sources(settings: Settings) -> None:
 
 
 def _records(
-    sources: list[tuple[SourceSettings, list[Path] | None]],
+    sources: list[tuple[SourceSettings, list[Path] | None]], corrupt_gzip: str,
 ) -> Iterator[tuple[SourceSettings, Item]]:
     for source, paths in sources:
-        for item in iter_source(source, paths):
+        for item in iter_source(source, paths, corrupt_gzip):
             yield source, item
 
 
@@ -132,7 +140,8 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
     start = time.perf_counter()
 
     with db.connect(settings.database) as con, db.transaction(con):
-        for statement in ("delete_run_documents", "delete_run_quarantine", "delete_run_duplicates"):
+        for statement in ("delete_run_documents", "delete_run_quarantine", "delete_run_duplicates",
+                          "delete_run_filtered"):  # new documents: the filter stage judges them anew
             db.run(con, statement, [run_id])
         docs = _Buffer(
             con,
@@ -173,7 +182,7 @@ def ingest_corpus(settings: Settings, run_id: str, progress: bool = True) -> Ing
 
         bar = tqdm(desc="ingest", unit="rec", disable=None if progress else True, mininterval=0.5)
         try:
-            for source, item in _records(sources):
+            for source, item in _records(sources, cfg.corrupt_gzip):
                 stats.records_read += 1
                 failpoint("ingest.record")
                 bar.update()
@@ -238,7 +247,7 @@ def load_reference(settings: Settings, run_id: str) -> ReferenceSet:
         refs = _Buffer(
             con, "insert_reference", ["run_id", "ref_id", "text", "domain"], settings.ingest.batch_size
         )
-        for source, item in _records(sources):
+        for source, item in _records(sources, settings.ingest.corrupt_gzip):
             doc = item if isinstance(item, BadRecord) else clean_record(item, source, settings.ingest)
             if isinstance(doc, BadRecord):
                 skipped[doc.reason] += 1
