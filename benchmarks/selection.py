@@ -104,14 +104,15 @@ def prepare_pool(settings, workdir: Path, data_key: str):
     """Ingest, load the visible reference and embed the pool, once per work folder, data files and settings."""
     from benchmarks.selection_methods import EMBED_FLOPS_PER_TOKEN, Cost
     from core import db, store
-    from core.artifacts import Embedded, Ingested, ReferenceSet
+    from core.artifacts import Embedded, Filtered, Ingested, ReferenceSet
     from core.config import is_static_embed_name
     from tasks.embed import embed_documents
+    from tasks.filter import filter_documents
     from tasks.ingest import ingest_corpus, load_reference
     from tasks.track import start_run
 
     stamp = workdir / "pool.json"
-    key = data_key + settings.model_dump_json(include={"ingest", "reference", "embed"})
+    key = data_key + settings.model_dump_json(include={"ingest", "reference", "filter", "embed"})
     if stamp.exists() and json.loads(stamp.read_text())["key"] == key:
         saved = json.loads(stamp.read_text())
     else:
@@ -119,8 +120,9 @@ def prepare_pool(settings, workdir: Path, data_key: str):
         started = time.perf_counter()
         ingested = ingest_corpus(settings, RUN_ID, progress=False)
         reference = load_reference(settings, RUN_ID)
+        filtered = filter_documents(settings, ingested, progress=False)
         ingest_s = time.perf_counter() - started
-        embedded = embed_documents(settings, ingested, progress=False)
+        embedded = embed_documents(settings, filtered, progress=False)
         with db.connect(settings.database, read_only=True) as con:
             chars = [r.n_chars for r in store.documents_metadata(con, RUN_ID)]
         # ~4 characters per MiniLM word piece, cut at the embedder's window; a static model only looks tokens up
@@ -129,13 +131,15 @@ def prepare_pool(settings, workdir: Path, data_key: str):
         saved = {"key": key, "documents": ingested.documents, "ingest_seconds": ingest_s,
                  "embed_seconds": embedded.seconds, "embed_docs_per_s": embedded.docs_per_s,
                  "embed_flops": EMBED_FLOPS_PER_TOKEN * tokens,
+                 "filtered_documents": filtered.filtered,
                  "artifacts": {"ingested": dataclasses.asdict(ingested), "reference": dataclasses.asdict(reference),
-                               "embedded": dataclasses.asdict(embedded)}}
+                               "embedded": dataclasses.asdict(embedded), "filtered": dataclasses.asdict(filtered)}}
         stamp.write_text(json.dumps(saved, indent=1))
     cost = Cost()
     cost.add("embed", saved["embed_seconds"], saved["embed_flops"])
     artifacts = saved["artifacts"]
-    pool = (Ingested(**artifacts["ingested"]), ReferenceSet(**artifacts["reference"]), Embedded(**artifacts["embedded"]))
+    pool = (Ingested(**artifacts["ingested"]), ReferenceSet(**artifacts["reference"]), Embedded(**artifacts["embedded"]),
+            Filtered(**artifacts["filtered"]))
     return cost, saved, pool
 
 

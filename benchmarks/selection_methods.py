@@ -35,7 +35,7 @@ from benchmarks.selection_trajectories import (
     with_overrides,
 )
 from core import db, store
-from core.artifacts import Corpus, Embedded, Ingested, ReferenceSet
+from core.artifacts import Corpus, Embedded, Filtered, Ingested, ReferenceSet
 from core.config import Settings
 from core.seeds import rng
 from models.baselines import greedy_fill, select_topk
@@ -135,7 +135,8 @@ def static_selections(settings: Settings, corpus: Corpus, methods: list[str], ds
 
 
 def select_for_seed(settings: Settings, methods: list[str], dsir: DsirWeights | None, reference_domains: set[str],
-                    pool_cost: Cost, ingested: Ingested, reference: ReferenceSet, embedded: Embedded) -> dict[str, Any]:
+                    pool_cost: Cost, ingested: Ingested, reference: ReferenceSet, embedded: Embedded,
+                    filtered: Filtered) -> dict[str, Any]:
     """Every method's per-stage mixtures for `settings.seed`, with what their selection cost.
 
     Costs: `pool_cost` (embedding the pool once) and clustering go to every model-aware method (their arms);
@@ -143,8 +144,8 @@ def select_for_seed(settings: Settings, methods: list[str], dsir: DsirWeights | 
     """
     clustering, untracked = Cost(), Cost()
     clustered = timed(clustering, "cluster", cluster_documents)(settings, embedded)
-    tokenized = timed(untracked, "tokenizer", train_tokenizer)(settings, ingested, reference)
-    corpus = Corpus(ingested, reference, embedded, clustered, tokenized)
+    tokenized = timed(untracked, "tokenizer", train_tokenizer)(settings, filtered, reference)
+    corpus = Corpus(ingested, reference, embedded, clustered, tokenized, filtered)
     out: dict[str, Any] = {}
     static = [m for m in methods if m in STATIC]
     started = time.perf_counter()
