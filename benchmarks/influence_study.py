@@ -18,7 +18,7 @@ Protocol (why the numbers are not optimistic): a test document is never in a fit
 results (`<out>_splits.json`, indices into the probed documents). A grid's `best` point is picked on the
 test documents, so compare students at a fixed point, or read `best` as an upper bound.
 
-    python -m benchmarks.influence_study                    # configs/influence_study.toml (~16 min, 1 thread)
+    python -m benchmarks.influence_study                    # configs/influence_study.toml (~14 min, 1 thread)
     python -m benchmarks.influence_study --tiny --out /tmp/study.json --workdir /tmp/study   # a smoke run
     python -m benchmarks.influence_study --set repeats=5 --set pipeline.probe.n_probes=600
 """

@@ -19,6 +19,7 @@ import torch
 from benchmarks.influence_study_config import RUN_ID, StudyConfig
 from benchmarks.influence_study_data import StudyData
 from core import db, store
+from core.seeds import document_keys
 from models.students import Student, StudentInputs, load_student
 
 WARMUP_DOCS = 16
@@ -31,11 +32,14 @@ def _timed(fn, *args) -> tuple[Any, float]:
 
 
 def pool_sample(data: StudyData, n_docs: int) -> tuple[list[str], np.ndarray]:
-    """The first `n_docs` pool documents by doc_id (texts) and all stored embeddings (rows)."""
+    """A seeded sample of `n_docs` pool texts (doc_id order would favour one source's documents) and all
+    stored embeddings (rows)."""
     with db.connect(data.settings.database, read_only=True) as con:
-        _, texts = next(store.document_pages(con, RUN_ID, n_docs))
+        ids = [m.doc_id for m in store.documents_metadata(con, RUN_ID)]
+        chosen = [ids[i] for i in np.argsort(document_keys(ids, data.settings.seed, "benchmark"), kind="stable")[:n_docs]]
+        texts = store.texts_of(con, RUN_ID, chosen)
         _, X = store.load_embeddings(con, RUN_ID)
-    return texts, X
+    return [texts[d] for d in chosen], X
 
 
 def encoder_flops(encoder, tokens: int) -> float | None:
