@@ -64,7 +64,8 @@ def pipeline_facts(data: StudyData) -> dict[str, Any]:
 
 def summary(students: dict[str, Any], labels: dict[str, Any], scoring: dict[str, Any] | None,
             pipeline_student: str) -> dict[str, Any]:
-    """Flat headline numbers (benchmarks/oracle.py embeds them): the label arms are the pipeline's own
+    """Flat headline numbers (benchmarks/oracle.py embeds them). `student_spearman` is each student's first
+    grid point (the configs list the pipeline's own values first); the label arms are the pipeline's own
     student's where it is a label student, else the first label student's."""
     label_student = pipeline_student if pipeline_student in labels["students"] else next(iter(labels["students"]))
     arms = labels["students"][label_student]
