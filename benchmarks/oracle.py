@@ -63,11 +63,24 @@ def measure_training(data: oracle_probes.BenchData, preset: str, device: str, st
 def headline_influence(study: dict[str, Any]) -> dict[str, Any]:
     """The influence model as the pipeline trains it by default (`distill.labels = "fast"`): held-out
     Spearman against exact probes, mean over the study's splits; the exact-label arm beside it."""
+    summary = study["summary"]
     return {
-        "influence_model_spearman": study["labels_fast_spearman"],
+        "influence_model_spearman": summary["labels_fast_spearman"],
+        "influence_model_student": summary["labels_student"],
         "influence_model_labels": "fast probes on ~k x more documents at equal compute (pipeline default)",
-        "influence_model_spearman_exact_labels": study["labels_exact_spearman"],
+        "influence_model_spearman_exact_labels": summary["labels_exact_spearman"],
     }
+
+
+def influence_study_config(n_exact: int, preset: str, threads: int, finetune: bool):
+    """configs/influence_study.toml with the oracle benchmark's probe count, proxy size and threads."""
+    from benchmarks.influence_study_config import CONFIGS, load_config
+
+    cfg = load_config(CONFIGS["full"], [f"pipeline.probe.budget={n_exact * 12}", f"pipeline.proxy.preset={json.dumps(preset)}",
+                                        f"threads={threads}"])
+    if not finetune:
+        cfg = cfg.model_copy(update={"students": {k: v for k, v in cfg.students.items() if k != "finetuned"}})
+    return cfg
 
 
 def plot_fast_vs_exact(probes: dict[str, Any], method: str, path: Path) -> None:
@@ -110,8 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                methods=(FAST_METHOD, "first_order"))
     data = oracle_probes.load_data(8)
     training = measure_training(data, args.preset, device, args.throughput_steps, args.throughput_batch)
-    study = influence_study.run_influence_study(args.n_exact, proxy_preset=args.preset, threads=args.threads,
-                                                finetune=not args.no_finetune, verbose=False)
+    command = " ".join([Path(sys.executable).name, "-m", "benchmarks.oracle", *(argv or sys.argv[1:])])
+    study = influence_study.run(influence_study_config(args.n_exact, args.preset, args.threads, not args.no_finetune),
+                                command, write=False)
     method = FAST_METHOD
     pooled = probes["pooled"][method]
     exact_ms = float(np.mean([r["exact"]["probe_ms"] for r in probes["checkpoints"].values()]))
@@ -120,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": device_description(device),
         "gpu": device.startswith("cuda"),
         "versions": versions(),
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.oracle", *(argv or sys.argv[1:])]),
+        "command": command,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_size": {"preset": args.preset, "params": training["params"]},
         "train_tokens_per_s": training["train_tokens_per_s"],
@@ -136,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "estimators": {m: {k: v for k, v in p.items()} for m, p in probes["pooled"].items()},
         **headline_influence(study),
-        "scoring_docs_per_s": study.get("scoring_docs_per_s_text"),
-        "influence_study": {k: v for k, v in study.items() if k != "arrays"},
+        "scoring_docs_per_s": study["summary"].get("scoring_docs_per_s_text"),
+        "influence_study": study,
         "probe_settings": probes["settings"],
         "seconds": time.perf_counter() - started,
     }

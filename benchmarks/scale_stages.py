@@ -15,7 +15,8 @@ writes it). The stages call the pipeline's own code; only what needs the proxy L
   score = cosine of the features with a fixed random direction plus seeded per-document noise (xxhash of
   the doc id) in place of the influence model, so that clusters differ in mean score as they do for real.
 * `cluster`: `tasks.cluster.cluster_documents` (MiniBatchKMeans on every embedding).
-* `select`: `tasks.select.select_stage` (the Quad bandit over clusters) and `tasks.mixture.write_mixture`.
+* `select`: `tasks.select.select_stage` (influence z-score plus the arm's reward) and `tasks.mixture.write_mixture`;
+  each arm's reward stands in as its clusters' mean stand-in score (what the oracle bandit would measure).
 * `imports`: imports the modules above and stops: the memory floor every stage process starts from.
 """
 
@@ -163,7 +164,7 @@ def run_cluster(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def run_select(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from core.artifacts import Clustered, Influence
+    from core.artifacts import Clustered, Influence, Probes
     from tasks.mixture import write_mixture
     from tasks.select import select_stage
 
@@ -171,12 +172,26 @@ def run_select(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     # the stand-in scores of run_features, as the distill stage would have written them
     scores = Influence(run_id, 0, 0, 0, float("nan"), float("nan"), 0, "", "stand-in", 0.0)
     clusters = Clustered(run_id, settings.cluster.k, 0, 0.0, 0, 0, 0.0)
-    selection = select_stage(settings, scores, clusters, progress=False)
+    probes = Probes(run_id, 0, "stand-in", 0, 0, 0.0, 0.0, 0.0, 0, settings.cluster.k,
+                    stand_in_arm_rewards(settings, run_id), None, 0, 0.0, 0.0, None, 0.0)
+    selection = select_stage(settings, scores, clusters, probes, progress=False)
     written = write_mixture(settings, selection)
     return {"documents": written.documents, "selected_documents": written.documents,
             "selected_tokens": written.tokens, "token_budget": written.token_budget,
-            "bandit_rounds": selection.n_rounds, "pool_exhausted": selection.exhausted,
-            "clusters_used": len(set(selection.cluster_ids))}
+            "pool_exhausted": selection.exhausted, "clusters_used": len(set(selection.cluster_ids))}
+
+
+def stand_in_arm_rewards(settings: Any, run_id: str) -> list[float]:
+    """Each cluster's mean stand-in score, z-scored across clusters: the arm rewards the probe stage would give."""
+    from core import db, store
+
+    with db.connect(settings.database, read_only=True) as con:
+        pool = store.candidates(con, run_id, 0, settings.seed, False)
+        score_of = store.stage_scores(con, run_id, 0)
+    scores = np.array([score_of[d] for d in pool.doc_ids])
+    means = np.array([scores[pool.cluster_ids == c].mean() if (pool.cluster_ids == c).any() else 0.0
+                      for c in range(settings.cluster.k)])
+    return ((means - means.mean()) / (means.std() or 1.0)).tolist()
 
 
 def main(argv: list[str]) -> None:

@@ -209,6 +209,13 @@ class Probes:
     oracle_setup_seconds: float  # conditional: the fine-tune on the reference's fit half
     finetune_step: int | None  # conditional: the fine-tune step kept (0 = the checkpoint itself)
     seconds: float
+    oracle_timings: dict[str, float] = field(default_factory=dict)  # one_step: fast/exact seconds and documents
+
+    def seconds_per(self, kind: str) -> float | None:
+        """One-step oracle: measured seconds per `kind` ("fast" or "exact") probe, None if none ran."""
+        n = self.oracle_timings.get(f"{kind}_documents", 0)
+        return self.oracle_timings[f"{kind}_seconds"] / n if n else None
+
     TABLES: ClassVar[tuple[str, ...]] = ("probes", "oracle_pulls")
 
     def as_metrics(self) -> dict[str, float]:

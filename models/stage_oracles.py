@@ -19,7 +19,6 @@ minus the same for random pool batches, one per arm and checkpoint; the model is
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 
 from models.conditional_loss import FinetuneConfig, FinetuneTrace, document_losses, finetune_on_reference
 from models.oracles import ProbeConfig, exact_probes, fast_probes, reference_loss
-from models.rollout import Control, RolloutConfig, control_baseline, rollout_effect
+from models.rollout import Control, RolloutConfig, rollout_effect
 
 
 @dataclass
@@ -50,6 +49,7 @@ class ConditionalOracle:
     def __init__(self, model: torch.nn.Module, optimizer_state: dict[str, Any] | None, fit_rows: torch.Tensor,
                  measure_rows: torch.Tensor, cfg: FinetuneConfig, shrink_tokens: float = 0.0) -> None:
         started = time.perf_counter()
+        self.timings: dict[str, float] = {}
         self.prior, self.shrink = model, shrink_tokens
         self.conditional, self.trace = finetune_on_reference(model, optimizer_state, fit_rows, measure_rows, cfg)
         self.setup_seconds = time.perf_counter() - started
@@ -77,17 +77,24 @@ class OneStepOracle:
         self.estimator, self.exact_fraction = estimator, exact_fraction
         self.setup_seconds = 0.0
         self.finetune = None
+        self.timings = {"fast_seconds": 0.0, "fast_documents": 0, "exact_seconds": 0.0, "exact_documents": 0}
 
     def measure(self, docs: list[list[int]]) -> OracleValues:
         device = next(self.model.parameters()).device
         tensors = [torch.tensor([d], dtype=torch.long, device=device) for d in docs]
+        started = time.perf_counter()
         values = fast_probes(self.model, self.state, tensors, self.ref, self.cfg, progress=False,
                              method=self.estimator)
-        n_exact = int(np.ceil(self.exact_fraction * len(docs)))
+        self.timings["fast_seconds"] += time.perf_counter() - started
+        self.timings["fast_documents"] += len(docs)
+        n_exact = int(np.ceil(self.exact_fraction * len(docs) - 1e-9))  # 0.4 x 5 is 2, not 2.0000000000000004
         exact = np.full(len(docs), np.nan)
         before, after = np.full(len(docs), np.nan), np.full(len(docs), np.nan)
         if n_exact:
+            started = time.perf_counter()
             probed = exact_probes(self.model, self.state, tensors[:n_exact], self.ref, self.cfg, progress=False)
+            self.timings["exact_seconds"] += time.perf_counter() - started
+            self.timings["exact_documents"] += n_exact
             exact[:n_exact], before[:n_exact], after[:n_exact] = probed.scores, probed.loss_before, probed.loss_after
         return OracleValues(np.asarray(values, dtype=np.float64), exact, before, after)
 
@@ -105,12 +112,22 @@ class GroupOracle:
     seconds: float = 0.0
     rewards: dict[int, float] = field(default_factory=dict)
 
+    def effect(self, rows: torch.Tensor) -> float:
+        """The per-token loss drop of a rollout on `rows`: all configured steps, or as many whole steps as the
+        rows allow (a small arm), from the same state every time (restored bit for bit)."""
+        cfg = self.cfg if len(rows) >= self.cfg.rows else RolloutConfig(
+            steps=len(rows) // self.cfg.rows_per_step, rows_per_step=self.cfg.rows_per_step, lr=self.cfg.lr,
+            grad_clip=self.cfg.grad_clip)
+        return rollout_effect(self.model, self.optimizer, rows[:cfg.rows], self.measure_rows, cfg,
+                              self.loss_before).per_token
+
     def calibrate(self, control_batches: list[torch.Tensor]) -> None:
-        """Measure the control once per checkpoint (it shifts every arm's reward alike)."""
+        """Measure the control once per checkpoint (it shifts every arm's reward alike); with no usable batch
+        (a pool too small to fill one step) there is no control and no arm gets a group reward."""
         started = time.perf_counter()
         self.loss_before = reference_loss(self.model, self.measure_rows)
-        self.control = control_baseline(self.model, self.optimizer, control_batches, self.measure_rows, self.cfg,
-                                        self.loss_before)
+        usable = [rows for rows in control_batches if len(rows) >= self.cfg.rows_per_step]
+        self.control = Control(np.array([self.effect(rows) for rows in usable])) if usable else None
         self.seconds += time.perf_counter() - started
 
     def reward(self, arm: int, rows: torch.Tensor | None) -> float | None:
@@ -121,10 +138,6 @@ class GroupOracle:
             self.rewards[arm] = float("nan")
             return None
         started = time.perf_counter()
-        cfg = copy.copy(self.cfg) if len(rows) >= self.cfg.rows else RolloutConfig(
-            steps=len(rows) // self.cfg.rows_per_step, rows_per_step=self.cfg.rows_per_step, lr=self.cfg.lr,
-            grad_clip=self.cfg.grad_clip)
-        effect = rollout_effect(self.model, self.optimizer, rows[:cfg.rows], self.measure_rows, cfg, self.loss_before)
-        self.rewards[arm] = effect.per_token - self.control.mean
+        self.rewards[arm] = self.effect(rows) - self.control.mean
         self.seconds += time.perf_counter() - started
         return self.rewards[arm]

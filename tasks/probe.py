@@ -36,7 +36,9 @@ from runtime.configs import probe_config, train_config
 from runtime.policies import STAGE_CACHE
 
 GROUP_DOCS = 64
-"""Documents drawn from an arm (or the pool, for the control) to pack a rollout batch from."""
+"""Documents drawn at a time from an arm (or the pool, for the control) to pack a rollout batch from."""
+MAX_GROUP_DOCS = 2048
+"""At most this many documents per batch: an arm of tweets fills 32 rows of 128 tokens with ~1,000."""
 
 
 def make_oracle(settings: Settings, model, optimizer_state, tokenized: Tokenized, stage: int):
@@ -71,12 +73,18 @@ class Measurer:
         return probe_inputs(self.tokenizer, [texts[d] for d in ids], self.settings.proxy.seq_len)
 
     def batch_rows(self, indices: np.ndarray) -> torch.Tensor | None:
-        """A rollout batch: up to GROUP_DOCS of `indices` in random order, packed into whole rows."""
+        """A rollout batch: documents of `indices` in random order, packed into whole rows, drawn GROUP_DOCS at a
+        time until they fill the rollout (short documents, tweets, need many); None below one step's rows."""
         cfg = self.settings.probe
-        chosen = self.draws.permutation(indices)[:GROUP_DOCS]
-        rows, _ = pack_sequences(self.token_ids(chosen), self.settings.proxy.seq_len,
-                                 self.tokenizer.token_to_id(EOS_TOKEN))
-        rows = rows[:cfg.rollout_steps * cfg.rollout_rows_per_step]
+        wanted, order = cfg.rollout_steps * cfg.rollout_rows_per_step, self.draws.permutation(indices)
+        token_ids: list[list[int]] = []
+        rows = torch.zeros(0, self.settings.proxy.seq_len, dtype=torch.long)
+        for start in range(0, min(len(order), MAX_GROUP_DOCS), GROUP_DOCS):
+            token_ids += self.token_ids(order[start:start + GROUP_DOCS])
+            rows, _ = pack_sequences(token_ids, self.settings.proxy.seq_len, self.tokenizer.token_to_id(EOS_TOKEN))
+            if len(rows) >= wanted:
+                break
+        rows = rows[:wanted]
         return rows if len(rows) >= cfg.rollout_rows_per_step else None
 
     def __call__(self, arm: int, indices: np.ndarray) -> Measurement:
@@ -159,7 +167,7 @@ def probe_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized
         if group is not None:
             control = rng(settings.seed, "rollout", stage).permutation(len(pool))
             batches = [measurer.batch_rows(control[i::cfg.control_batches]) for i in range(cfg.control_batches)]
-            group.calibrate([b for b in batches if b is not None and len(b) >= group.cfg.rows])
+            group.calibrate([b for b in batches if b is not None])
         arms = pool.cluster_ids if by_arm else np.zeros(len(pool), dtype=np.int64)  # uniform: one arm, the pool
         trace = spend_oracle(arms, centroids if by_arm else centroids[:1], measurer, OracleBanditConfig(
             budget=min(cfg.budget, len(pool)), pull_size=cfg.pull_size, ucb_alpha=cfg.ucb_alpha,
@@ -186,7 +194,7 @@ def probe_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized
         group_rewards=int(sum(np.isfinite(v) for v in group.rewards.values())) if group else 0,
         group_seconds=group.seconds if group else 0.0, oracle_setup_seconds=oracle.setup_seconds,
         finetune_step=oracle.finetune.best_step if oracle.finetune is not None else None,
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started, oracle_timings=dict(oracle.timings))
 
 
 probe_task = task(probe_stage, name="probe", task_run_name="probe[stage={checkpoint.stage}]", cache_policy=STAGE_CACHE,

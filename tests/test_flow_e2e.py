@@ -87,7 +87,7 @@ def test_the_oracle_spends_its_budget_once_per_document(e2e_run):
 
 def test_every_document_scored_and_assigned(e2e_run):
     settings, result = e2e_run
-    (docs,) = query(settings, "SELECT count(*) FROM documents WHERE run_id = ?", [result.run_id])[0]
+    (docs,) = query(settings, "SELECT count(*) FROM pool_documents WHERE run_id = ?", [result.run_id])[0]
     for stage in range(settings.stages):
         (scored,) = query(settings, "SELECT count(*) FROM influence_scores WHERE run_id = ? AND stage = ?",
                           [result.run_id, stage])[0]
@@ -144,7 +144,7 @@ def test_registered_model_scores_texts_as_the_run_did(e2e_run):
 
     settings, result = e2e_run
     assert result.stages[-1].influence.student == "tokens"  # the default student reads text
-    rows = query(settings, """SELECT d.text, s.score FROM documents d JOIN influence_scores s USING (run_id, doc_id)
+    rows = query(settings, """SELECT d.text, s.score FROM pool_documents d JOIN influence_scores s USING (run_id, doc_id)
                               WHERE run_id = ? AND s.stage = ? ORDER BY d.doc_id LIMIT 12""",
                  [result.run_id, settings.stages - 1])
     with tracking_scope(settings.mlflow_uri):

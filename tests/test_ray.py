@@ -91,7 +91,7 @@ def _snapshot(database: str, run_id: str) -> dict[str, object]:
                                "GROUP BY stage ORDER BY stage", {"run": run_id}).fetchall()
         embeddings = con.execute("SELECT doc_id, embedding FROM embeddings WHERE run_id = $run ORDER BY doc_id",
                                  {"run": run_id}).fetchall()
-        probes = con.execute("SELECT stage, doc_id, exact_score, fast_score, loss_before, loss_after, split "
+        probes = con.execute("SELECT stage, doc_id, exact_score, fast_score, loss_before, loss_after, split, label "
                              "FROM probes WHERE run_id = $run ORDER BY stage, doc_id", {"run": run_id}).fetchall()
         scores = con.execute("SELECT stage, doc_id, score FROM influence_scores WHERE run_id = $run ORDER BY stage, doc_id",
                              {"run": run_id}).fetchall()
@@ -123,7 +123,7 @@ def test_ray_runner_gives_the_default_runners_mixture(e2e_run, ray_head, tmp_pat
     assert on_ray["embeddings"] == by_default["embeddings"]
     assert on_ray["probes"] == by_default["probes"]
     assert on_ray["scores"] == by_default["scores"]
-    assert np.isfinite([p[3] for p in on_ray["probes"]]).all()
+    assert np.isfinite([p[7] for p in on_ray["probes"]]).all()  # every probe has an oracle label
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result.prefect_flow_run_id])))

@@ -371,7 +371,7 @@ def test_mlflow_ui_lists_runs_and_compares_their_curves(served_runs, page, tmp_p
     ids = json.dumps([r.info.run_id for r in runs], separators=(",", ":"))
     page.goto(f"{base}/#/compare-runs?runs={ids}&experiments=[\"{experiment}\"]", wait_until="commit")
     wait_for_text(page, r"Comparing 2 Runs")
-    wait_for_text(page, r"select\.ucb_alpha")
+    wait_for_text(page, r"probe\.ucb_alpha")
     screenshot(page, "mlflow_compare.png", tmp_path)
 
     page.goto(f"{base}/#/experiments/{experiment}/runs?compareRunsMode=CHART", wait_until="commit")

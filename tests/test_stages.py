@@ -64,7 +64,7 @@ def test_token_counts_are_exact_under_the_proxy_tokenizer(run_copy):
 
     settings, result = run_copy
     con = duckdb.connect(str(settings.database), read_only=True)
-    rows = con.execute("SELECT text, n_tokens FROM documents WHERE run_id = ? ORDER BY doc_id LIMIT 50",
+    rows = con.execute("SELECT text, n_tokens FROM pool_documents WHERE run_id = ? ORDER BY doc_id LIMIT 50",
                        [result.run_id]).fetchall()
     con.close()
     tokenizer = load_tokenizer(result.corpus.tokenized.tokenizer_path)
@@ -85,7 +85,7 @@ def test_finetuned_encoder_distillation_scores_every_document(run_copy):
     scored, finite = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE isfinite(score)) FROM influence_scores WHERE run_id = ? AND stage = 0",
         [run_id]).fetchone()
-    (docs,) = con.execute("SELECT count(*) FROM documents WHERE run_id = ?", [run_id]).fetchone()
+    (docs,) = con.execute("SELECT count(*) FROM pool_documents WHERE run_id = ?", [run_id]).fetchone()
     con.close()
     assert scored == finite == docs
     assert (settings.stage_dir(run_id, 0) / "influence" / "encoder").is_dir()
@@ -175,9 +175,9 @@ def test_token_distillation_scores_every_document_and_registers_a_text_model(run
     model_dir = settings.stage_dir(run_id, 1) / "influence"
     assert not (model_dir / "influence_head.safetensors").exists()  # the earlier head's files were replaced
     con = duckdb.connect(str(settings.database), read_only=True)
-    rows = con.execute("SELECT d.doc_id, d.text, s.score FROM documents d JOIN influence_scores s USING (run_id, doc_id) "
+    rows = con.execute("SELECT d.doc_id, d.text, s.score FROM pool_documents d JOIN influence_scores s USING (run_id, doc_id) "
                        "WHERE run_id = ? AND s.stage = 1 ORDER BY d.doc_id", [run_id]).fetchall()
-    (docs,) = con.execute("SELECT count(*) FROM documents WHERE run_id = ?", [run_id]).fetchone()
+    (docs,) = con.execute("SELECT count(*) FROM pool_documents WHERE run_id = ?", [run_id]).fetchone()
     con.close()
     assert len(rows) == docs and np.isfinite([r[2] for r in rows]).all()
     model = load_token_model(model_dir)
