@@ -77,7 +77,7 @@ def prepare(settings: Settings) -> StudyData:
     from tasks.pretrain import pretrain_stage
     from tasks.probe import probe_stage
     from tasks.tokenizer import train_tokenizer
-    from tasks.track import start_run
+    from tasks.track import register_run
 
     seconds: dict[str, float] = {}
 
@@ -87,7 +87,7 @@ def prepare(settings: Settings) -> StudyData:
         seconds[name] = time.perf_counter() - started
         return result
 
-    start_run(settings)
+    register_run(settings)
     ingested = timed("ingest", ingest_corpus, settings, RUN_ID, progress=False)
     reference = timed("reference", load_reference, settings, RUN_ID)
     embedded = timed("embed", embed_documents, settings, ingested, progress=False)

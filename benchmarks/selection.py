@@ -109,14 +109,14 @@ def prepare_pool(settings, workdir: Path, data_key: str):
     from tasks.embed import embed_documents
     from tasks.filter import filter_documents
     from tasks.ingest import ingest_corpus, load_reference
-    from tasks.track import start_run
+    from tasks.track import register_run
 
     stamp = workdir / "pool.json"
     key = data_key + settings.model_dump_json(include={"ingest", "reference", "filter", "embed"})
     if stamp.exists() and json.loads(stamp.read_text())["key"] == key:
         saved = json.loads(stamp.read_text())
     else:
-        start_run(settings)
+        register_run(settings)
         started = time.perf_counter()
         ingested = ingest_corpus(settings, RUN_ID, progress=False)
         reference = load_reference(settings, RUN_ID)

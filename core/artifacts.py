@@ -31,6 +31,8 @@ class Run:
     database: str
     run_dir: str
     prefect_flow_run_id: str | None = None
+    mlflow_run_id: str | None = None  # opened when the flow starts; every stage logs into it
+    experiment_id: str | None = None
     TABLES: ClassVar[tuple[str, ...]] = ("runs",)
 
 
@@ -53,7 +55,7 @@ class Ingested:
         """Totals, `quarantine.<reason>` and `domain.<name>` (documents kept per domain)."""
         metrics = {"records_read": float(self.records_read), "documents": float(self.documents),
                    "exact_duplicates": float(self.exact_duplicates), "near_duplicates": float(self.near_duplicates),
-                   "quarantined": float(self.quarantined), "seconds": float(self.seconds)}
+                   "quarantined": float(self.quarantined), "ingest_seconds": float(self.seconds)}
         for reason, n in sorted(self.quarantine_by_reason.items()):
             metrics[f"quarantine.{metric_key(reason)}"] = float(n)
         for domain, n in sorted(self.by_domain.items()):
@@ -180,7 +182,7 @@ class Checkpoint:
     TABLES: ClassVar[tuple[str, ...]] = ("checkpoints",)
 
     def as_metrics(self) -> dict[str, float]:
-        metrics = {"train_tokens": self.train_tokens, "final_train_loss": self.final_train_loss,
+        metrics = {"train_tokens": self.train_tokens, "proxy_train_loss": self.final_train_loss,
                    "reference_loss": self.reference_loss, "train_tokens_per_s": self.tokens_per_s,
                    "train_model_flops_per_s": self.model_flops_per_s}
         if self.mfu is not None:
@@ -296,6 +298,8 @@ class Tracked:
     tracking_uri: str
     registered_model: str
     model_version: str | None
+    alias_version: str | None = None  # the version `track.model_alias` points at after this run
+    alias_note: str = ""  # why the alias did not move to this run's version (empty when it did)
 
 
 @dataclass

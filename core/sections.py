@@ -262,6 +262,9 @@ class TrackSettings(_Section):
     experiment: str = "influmix"
     registered_model: str = "influmix-influence"
     model_alias: str = "current"
+    alias_min_spearman: float | None = Field(
+        0.2, ge=-1, le=1, description="the alias moves to a new model version only if its held-out Spearman against "
+                                      "the oracle is at least this; None moves it to every version")
 
 
 class ServeSettings(_Section):

@@ -1,5 +1,6 @@
 """The curation flow: ingest -> filter -> embed -> cluster -> tokenize -> per stage (pretrain -> probe -> distil
--> select -> write) -> track. Each task returns what it wrote (core/artifacts.py); the next one receives it."""
+-> select -> write) -> track. Each task returns what it wrote (core/artifacts.py); the next one receives it.
+The MLflow run opens with the flow and gets each stage's metrics as the stage finishes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tasks.probe import probe_task
 from tasks.publish import publish_task
 from tasks.select import select_task
 from tasks.tokenizer import tokenizer_task
-from tasks.track import finish_run_task, mark_run_failed, start_run_task, track_task
+from tasks.track import finish_run_task, log_progress_task, mark_run_failed, start_run_task, track_task
 
 STAGE_TASKS = StageSteps(pretrain_task, probe_task, distill_task, select_task, write_mixture_task)
 
@@ -37,10 +38,12 @@ def curate(config: str | None = None, overrides: list[str] | None = None) -> Run
     clustered = cluster_task(settings, embedded)
     tokenized = tokenizer_task(settings, pool, reference)
     corpus = Corpus(ingested, reference, embedded, clustered, tokenized, pool)
-    stages = model_aware_stages(settings, corpus, STAGE_TASKS)
+    log_progress_task(settings, run, corpus, [])
+    stages = model_aware_stages(settings, corpus, STAGE_TASKS,
+                                on_stage=lambda done: log_progress_task(settings, run, corpus, done))
 
-    metrics, curves = run_metrics(corpus, stages)
-    tracked = track_task(settings, run, metrics, curves)
+    tracked = track_task(settings, run, corpus, stages)
     publish_task(settings, run, tracked)
     finish_run_task(settings, run, "completed", tracked.mlflow_run_id)
+    metrics, _ = run_metrics(corpus, stages)
     return RunResult(run.run_id, run.database, run.prefect_flow_run_id, tracked, metrics, corpus, stages)

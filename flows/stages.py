@@ -32,8 +32,10 @@ class StageSteps:
 
 
 def model_aware_stages(settings: Settings, corpus: Corpus, steps: StageSteps, stages: range | None = None,
-                       done: list[StageResult] | None = None) -> list[StageResult]:
-    """Run `settings.stages` stages (or `stages`, continuing `done`), each on the previous one's mixture."""
+                       done: list[StageResult] | None = None,
+                       on_stage: Callable[[list[StageResult]], Any] | None = None) -> list[StageResult]:
+    """Run `settings.stages` stages (or `stages`, continuing `done`), each on the previous one's mixture;
+    `on_stage` sees the stages so far as each one finishes (the flow logs them to MLflow there)."""
     tokenized, embedded, clustered = corpus.tokenized, corpus.embedded, corpus.clustered
     results = list(done or [])
     for stage in stages if stages is not None else range(settings.stages):
@@ -45,4 +47,6 @@ def model_aware_stages(settings: Settings, corpus: Corpus, steps: StageSteps, st
         selection = steps.select(settings, influence, clustered, probes)
         mixture = steps.write(settings, selection)
         results.append(StageResult(checkpoint, probes, influence, selection, mixture))
+        if on_stage is not None:
+            on_stage(results)
     return results

@@ -20,6 +20,7 @@ import pytest
 
 from core import db
 from core.faults import POINTS
+from core.tracking import mlflow_client
 from tests.conftest import REPO, free_port, tiny_overrides
 
 INFLUMIX = str(Path(sys.executable).parent / "influmix")
@@ -142,6 +143,13 @@ def test_kill_at_every_stage_then_resume_gives_the_uninterrupted_mixture(tmp_pat
         status, mlflow_run_id = con.execute("SELECT status, mlflow_run_id FROM runs WHERE run_id = ?",
                                             [run_id]).fetchone()
     assert status == "completed" and mlflow_run_id
+    # one MLflow run across the seven attempts, each stage's metrics once, closed with the run
+    client = mlflow_client(f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}")
+    (tracked,) = client.search_runs([client.get_experiment_by_name("influmix").experiment_id],
+                                    filter_string=f"tags.`influmix.run_id` = '{run_id}'")
+    assert tracked.info.run_id == mlflow_run_id and tracked.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(mlflow_run_id, "reference_loss")) == [0, 1]
+    assert len(client.get_metric_history(mlflow_run_id, "train_loss")) == 2 * 6
     again = cli(resume, run_env)
     assert again.returncode == 2 and "already completed" in again.stderr
 
@@ -167,7 +175,7 @@ def test_tracking_server_lost_mid_run_keeps_every_result(e2e_run, monkeypatch):
     before = mixture(settings.database, result.run_id)
     tracking_env = os.environ.get("MLFLOW_TRACKING_URI")
     with pytest.raises(TrackingUnavailable, match=f"influmix resume {result.run_id}"):
-        track_run(gone, Run(result.run_id, str(settings.database), str(settings.run_dir)), {"x": 1.0}, {})
+        track_run(gone, Run(result.run_id, str(settings.database), str(settings.run_dir)), result.corpus, result.stages)
     assert mixture(settings.database, result.run_id) == before
     # the dead server does not become the process's default store for the runs that follow
     assert os.environ.get("MLFLOW_TRACKING_URI") == tracking_env

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pytest
+
+from core import db
 
 pytestmark = pytest.mark.e2e
 
@@ -110,9 +115,51 @@ def test_mlflow_run_has_metrics_plots_and_registered_model(e2e_run):
     assert len(history) == settings.proxy.steps_per_stage * settings.stages
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/mixture_composition.png", "plots/bandit_rewards.png"} <= artifacts
-    assert len(run.inputs.dataset_inputs) >= 1
+    datasets = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert {f"{result.run_id}-pool", *(f"{result.run_id}-mixture-stage{s}" for s in range(settings.stages))} <= datasets
     version = client.get_model_version_by_alias(settings.track.registered_model, settings.track.model_alias)
     assert version.run_id == run.info.run_id
+    assert version.tags["influmix.run_id"] == result.run_id and version.tags["influmix.gate"] == "passed"
+    assert float(version.tags["influmix.heldout_spearman"]) == pytest.approx(
+        result.stages[-1].influence.heldout_spearman, abs=1e-4)
+    assert "held-out Spearman" in version.description
+
+
+def test_mlflow_run_is_the_whole_pipeline_with_resolved_params_and_config(e2e_run):
+    """Opened at the start, closed FINISHED; params say what the run resolved (not `None`), the effective
+    config is an artifact, and the metric names read as they are (no `final_final_*`, no bare `seconds`)."""
+    import mlflow
+
+    settings, result = e2e_run
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
+    run = client.get_run(result.tracked.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == result.run_id
+    assert run.data.params["run_id"] == result.run_id
+    assert run.data.params["db_path"] == str(settings.database.resolve())
+    assert not [k for k in run.data.metrics if k.startswith("final_final") or k == "seconds"]
+    assert {"ingest_seconds", "final_proxy_train_loss", "final_reference_loss"} <= set(run.data.metrics)
+    local = client.download_artifacts(run.info.run_id, "config/settings.json")
+    config = json.loads(Path(local).read_text())
+    assert config["run_id"] == result.run_id and config["select"]["token_budget"] == settings.select.token_budget
+    with db.connect(settings.database, read_only=True) as con:
+        (mlflow_run_id,) = con.execute("SELECT mlflow_run_id FROM runs WHERE run_id = ?", [result.run_id]).fetchone()
+    assert mlflow_run_id == run.info.run_id
+
+
+def test_each_stage_is_logged_to_mlflow_as_it_finishes(e2e_run):
+    """Stage s's metrics sit at step s, once each, and were sent before the next stage had trained."""
+    import mlflow
+
+    settings, result = e2e_run
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
+    mlflow_run_id = result.tracked.mlflow_run_id
+    history = sorted(client.get_metric_history(mlflow_run_id, "reference_loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(settings.stages))
+    assert [m.value for m in history] == pytest.approx([s.checkpoint.reference_loss for s in result.stages])
+    start = client.get_run(mlflow_run_id).info.start_time / 1000
+    assert start <= Path(result.stages[0].checkpoint.path).stat().st_mtime  # opened before the first stage
+    for stage in range(settings.stages - 1):  # logged before the next stage's checkpoint was written
+        assert history[stage].timestamp / 1000 <= Path(result.stages[stage + 1].checkpoint.path).stat().st_mtime
 
 
 def test_oracle_pulls_load_in_pull_order(e2e_run):
@@ -182,6 +229,8 @@ def test_prefect_flow_run_completed_with_every_stage(e2e_run):
 
 
 def test_a_failed_flow_marks_its_run_failed_and_raises_the_user_error(tmp_path, prefect_harness):
+    import mlflow
+
     from core.config import ConfigError, load_settings
     from flows.curate import curate
     from tests.conftest import tiny_overrides
@@ -191,3 +240,6 @@ def test_a_failed_flow_marks_its_run_failed_and_raises_the_user_error(tmp_path, 
         curate(None, overrides)
     settings = load_settings(None, overrides)
     assert query(settings, "SELECT status FROM runs WHERE run_id = 'doomed'") == [("failed",)]
+    (mlflow_run_id,) = query(settings, "SELECT mlflow_run_id FROM runs WHERE run_id = 'doomed'")[0]
+    run = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri).get_run(mlflow_run_id)
+    assert run.info.status == "FAILED" and "cluster.k" in run.data.tags["influmix.failure"]

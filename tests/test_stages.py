@@ -162,7 +162,7 @@ def test_token_distillation_scores_every_document_and_registers_a_text_model(run
     from models.token_influence import load_token_model, predict_tokens
     from models.tokenizer import load_tokenizer
     from tasks.distill import distill_stage
-    from tasks.track import log_influence_model
+    from tasks.track.registry import log_influence_model
 
     settings, result = run_copy
     run_id = result.run_id
@@ -188,9 +188,10 @@ def test_token_distillation_scores_every_document_and_registers_a_text_model(run
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with tracking_scope(uri):
         experiment = mlflow.create_experiment("token-model", artifact_location=(tmp_path / "artifacts").as_uri())
+        settings.track.alias_min_spearman = None  # whatever its quality: this test is about scoring
         with mlflow.start_run(experiment_id=experiment):
-            version = log_influence_model(mlflow, settings, run_id, 1)
+            version, alias_version, note = log_influence_model(mlflow, settings, stats)
         scorer = mlflow.pyfunc.load_model(f"models:/{settings.track.registered_model}@{settings.track.model_alias}")
-    assert version is not None
+    assert version is not None and alias_version == version and note == ""
     frame = pd.DataFrame({"text": [r[1] for r in rows[:40]]})  # the registered signature: a `text` column
     np.testing.assert_allclose(scorer.predict(frame), [r[2] for r in rows[:40]], rtol=1e-6)
