@@ -172,3 +172,31 @@ def test_usable_embed_models_pass_the_check(tmp_path):
     check_embed_model(load_settings())  # the packaged MiniLM
     folder = _model_folder(tmp_path, "config.json", "model.safetensors")
     check_embed_model(load_settings(None, [f'embed.model="{folder}"']))
+
+
+def test_every_setting_the_readme_table_names_exists():
+    """The README's Configuration table names real settings (a renamed setting must not linger there)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    named = []
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        first, *rest = re.findall(r"`([^`]+)`", line.split("|")[1])
+        section = first.rsplit(".", 1)[0] if "." in first else ""
+        named += [first, *(f"{section}.{key}" if section and "." not in key else key for key in rest)]
+    assert len(named) > 30
+    missing = []
+    for name in named:
+        if "<" in name:
+            continue
+        value = Settings()
+        for part in name.split("."):
+            if not hasattr(value, part):
+                missing.append(name)
+                break
+            value = getattr(value, part)
+    assert not missing, missing

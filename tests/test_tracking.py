@@ -38,9 +38,9 @@ def test_the_alias_moves_only_to_versions_past_the_gate(registry):
     name, alias = settings.track.registered_model, settings.track.model_alias
 
     poor = new_version()
-    assert gate_alias(client, settings, influence(0.1), poor) == (
-        None, f"@{alias} not moved to v{poor}: its held-out Spearman 0.100 is below track.alias_min_spearman "
-              f"= 0.3; no version has it yet")
+    expected = (f"@{alias} not moved to v{poor}: its held-out Spearman 0.100 is below track.alias_min_spearman "
+                "= 0.3; no version has it yet")
+    assert gate_alias(client, settings, influence(0.1), poor) == (None, expected)
     assert current_alias_version(client, name, alias) is None
 
     good = new_version()
