@@ -81,24 +81,26 @@ def deploy(settings, env: dict[str, str], workdir: Path, every_min: float) -> da
     return first
 
 
-def flow_runs(settings, deployment: str) -> list:
+def stack_env(services: Path) -> dict[str, str]:
+    """What `source <run_dir>/services/env` gives an operator's shell (`influmix serve` writes it)."""
+    lines = (services / "env").read_text().splitlines()
+    return dict(line.removeprefix("export ").split("=", 1) for line in lines if "=" in line)
+
+
+def flow_runs(env: dict[str, str], deployment: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from influmix.services import prefect_api_url
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_api_url(settings)}), get_client(sync_client=True) as c:
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as c:
         return c.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
 
 
-def mlflow_runs(settings) -> dict[str, str]:
+def mlflow_runs(settings, env: dict[str, str]) -> dict[str, str]:
     """MLflow run status by the Prefect flow run it belongs to."""
     from mlflow.tracking import MlflowClient
 
-    from influmix.services import mlflow_url
-
-    client = MlflowClient(tracking_uri=mlflow_url(settings))
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name(settings.track.experiment)
     if experiment is None:
         return {}
@@ -114,7 +116,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     from core.config import load_settings
-    from influmix.services import base_env, services_dir
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     run_dir = (args.workdir / "runs").resolve()
@@ -126,25 +127,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if up.returncode:
         raise SystemExit(f"influmix serve failed:\n{up.stdout}\n{up.stderr}")
     samples: list[dict[str, Any]] = []
+    services = settings.run_dir / "services"
     try:
-        env = {**base_env(settings), "PWD": str(REPO)}
+        env = {**stack_env(services), "PWD": str(REPO)}
         first = deploy(settings, env, args.workdir, args.every)
         deadline = time.monotonic() + args.minutes * 60
         while time.monotonic() < deadline:
-            runs = flow_runs(settings, "curate-soak")
+            runs = flow_runs(env, "curate-soak")
             shown = sh([str(BIN / "influmix"), "services", *cli_args]).stdout
             samples.append({"at": datetime.now(UTC).isoformat(timespec="seconds"),
                             "states": sorted(str(r.state_type.value) for r in runs),
                             "next_shown": [line.strip() for line in shown.splitlines() if "curate-" in line]})
             print(samples[-1], flush=True)
             time.sleep(60)
-        runs = flow_runs(settings, "curate-soak")
-        nightly = flow_runs(settings, "curate-nightly")
-        tracked = mlflow_runs(settings)
-        before_stop = log_problems(services_dir(settings))
+        runs = flow_runs(env, "curate-soak")
+        nightly = flow_runs(env, "curate-nightly")
+        tracked = mlflow_runs(settings, env)
+        before_stop = log_problems(services)
     finally:
         down = sh([str(BIN / "influmix"), "stop", *cli_args])
-    after_stop = log_problems(services_dir(settings))
+    after_stop = log_problems(services)
     scheduled = [r for r in runs if r.auto_scheduled]
     done = [r for r in scheduled if r.state_type.value == "COMPLETED"]
     result = {
