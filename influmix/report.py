@@ -97,10 +97,9 @@ def run_locations(settings, result: RunResult) -> list[str]:
         lines.append(f"MLflow   run {result.tracked.mlflow_run_id} in {result.tracked.tracking_uri}"
                      f"  (mlflow ui --backend-store-uri {result.tracked.tracking_uri})")
         tracked = result.tracked
-        if tracked.model_version and not tracked.alias_note:
-            lines.append(f"Registry {tracked.registered_model} v{tracked.model_version} @{settings.track.model_alias}")
-        elif tracked.model_version:
-            lines.append(f"Registry {tracked.registered_model} v{tracked.model_version} ({tracked.alias_note})")
+        if tracked.model_version:
+            alias = f"({tracked.alias_note})" if tracked.alias_note else f"@{settings.track.model_alias}"
+            lines.append(f"Registry {tracked.registered_model} v{tracked.model_version} {alias}")
     lines.append(f"Prefect  {prefect_location(result.prefect_flow_run_id)}")
     return lines
 

@@ -4,19 +4,23 @@ influence model in the registry behind a quality-gated alias) and closed with th
 
 from __future__ import annotations
 
+import os
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from runtime.policies import STAGE_CACHE, retry_on_network_error
 from tasks.track.final import track_run
 from tasks.track.lifecycle import (
-                                   finish_run,
-                                   log_progress,
-                                   mark_run_failed,
-                                   new_run_id,
-                                   register_run,
-                                   start_run,
+    finish_run,
+    log_progress,
+    mark_run_failed,
+    new_run_id,
+    register_run,
+    start_run,
 )
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __all__ = ["finish_run", "finish_run_task", "log_progress", "log_progress_task", "mark_run_failed", "new_run_id",
            "register_run", "start_run", "start_run_task", "track_run", "track_task"]

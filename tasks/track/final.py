@@ -9,6 +9,7 @@ be re-run on its own (`influmix resume`), and anything the live logging could no
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import matplotlib.pyplot as plt
 
@@ -17,20 +18,15 @@ from core.artifacts import Corpus, Run, StageResult, Tracked, run_metrics
 from core.config import Settings
 from core.tracking import log_metric_points, mlflow_client, tracking_scope
 from tasks.track.figures import composition_figure, reward_figure
-from tasks.track.lifecycle import open_tracked_run, tracking_unavailable
+from tasks.track.lifecycle import lost_server_is_resumable, open_tracked_run
 from tasks.track.points import log_missing_points
 from tasks.track.registry import log_influence_model
 
 
 def track_run(settings: Settings, run: Run, corpus: Corpus, stages: list[StageResult]) -> Tracked:
     """Finish the run in MLflow; if the server went away, say so in one line and how to finish the run later."""
-    try:
-        with tracking_scope(settings.mlflow_uri):
-            return _complete_run(settings, run, corpus, stages)
-    except Exception as exc:
-        if (unavailable := tracking_unavailable(settings, run.run_id)) is not None:
-            raise unavailable from exc
-        raise
+    with lost_server_is_resumable(settings, run.run_id), tracking_scope(settings.mlflow_uri):
+        return _complete_run(settings, run, corpus, stages)
 
 
 def _complete_run(settings: Settings, run: Run, corpus: Corpus, stages: list[StageResult]) -> Tracked:
@@ -39,9 +35,8 @@ def _complete_run(settings: Settings, run: Run, corpus: Corpus, stages: list[Sta
     experiment_id, mlflow_run_id = run.experiment_id, run.mlflow_run_id
     if not mlflow_run_id or not experiment_id:  # a run registered before runs were opened at the start
         experiment_id, mlflow_run_id = open_tracked_run(settings, run.run_id, run.prefect_flow_run_id)
-    tracked_run = Run(run.run_id, run.database, run.run_dir, run.prefect_flow_run_id, mlflow_run_id, experiment_id)
     client = mlflow_client(settings.mlflow_uri)
-    log_missing_points(client, tracked_run, corpus, stages)
+    log_missing_points(client, replace(run, mlflow_run_id=mlflow_run_id, experiment_id=experiment_id), corpus, stages)
     logged = client.get_run(mlflow_run_id).data.metrics
     metrics, _ = run_metrics(corpus, stages)
     log_metric_points(client, mlflow_run_id, [(k, v, 0) for k, v in metrics.items() if k not in logged])

@@ -16,6 +16,9 @@ import os
 import secrets
 import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,14 +63,9 @@ def start_run(settings: Settings, prefect_flow_run_id: str | None = None) -> Run
     has no CLI preflight): from here on the run can be watched in MLflow as it goes."""
     check_tracking(settings)
     run_id = settings.run_id or new_run_id()
-    try:
+    with lost_server_is_resumable(settings, run_id):
         experiment_id, mlflow_run_id = open_tracked_run(settings, run_id, prefect_flow_run_id)
-    except Exception as exc:
-        if (unavailable := tracking_unavailable(settings, run_id)) is not None:
-            raise unavailable from exc
-        raise
-    run = register_run(settings, prefect_flow_run_id, mlflow_run_id, run_id)
-    return Run(run.run_id, run.database, run.run_dir, prefect_flow_run_id, mlflow_run_id, experiment_id)
+    return replace(register_run(settings, prefect_flow_run_id, mlflow_run_id, run_id), experiment_id=experiment_id)
 
 
 def experiment_location(settings: Settings) -> str | None:
@@ -97,31 +95,21 @@ def log_progress(settings: Settings, run: Run, corpus: Corpus, stages: list[Stag
     """
     if not run.mlflow_run_id:
         return 0
-    try:
+    with lost_server_is_a_warning(settings, f"metrics of {run.run_id} wait in {settings.database}; "
+                                            "the track stage sends them"):
         return log_missing_points(mlflow_client(settings.mlflow_uri), run, corpus, stages)
-    except Exception:
-        problem = tracking_problem(settings)
-        if problem is None:
-            raise
-        warnings.warn(f"{problem}: metrics of {run.run_id} wait in {settings.database}; the track stage sends them",
-                      stacklevel=2)
-        return 0
+    return 0
 
 
 def finish_run(settings: Settings, run: Run, status: str, mlflow_run_id: str | None = None) -> None:
     """Close the `runs` row (and the MLflow run, if the track stage has not closed it) with `status`."""
-    with db.connect(settings.database) as con:
-        db.run(con, "finish_run", {"run_id": run.run_id, "status": status,
-                                   "mlflow_run_id": mlflow_run_id or run.mlflow_run_id})
     mlflow_run_id = mlflow_run_id or run.mlflow_run_id
+    with db.connect(settings.database) as con:
+        db.run(con, "finish_run", {"run_id": run.run_id, "status": status, "mlflow_run_id": mlflow_run_id})
     if not mlflow_run_id:
         return
-    try:
+    with lost_server_is_a_warning(settings, f"MLflow run {mlflow_run_id} keeps its last status"):
         mlflow_client(settings.mlflow_uri).set_terminated(mlflow_run_id, "FINISHED" if status == "completed" else "FAILED")
-    except Exception:
-        if (problem := tracking_problem(settings)) is None:
-            raise
-        warnings.warn(f"{problem}: MLflow run {mlflow_run_id} keeps its last status", stacklevel=2)
 
 
 def mark_run_failed(flow, flow_run, state) -> None:
@@ -141,10 +129,26 @@ def mark_run_failed(flow, flow_run, state) -> None:
             warnings.warn(f"could not mark MLflow run {mlflow_run_id} failed: {exc}", stacklevel=2)
 
 
-def tracking_unavailable(settings: Settings, run_id: str) -> TrackingUnavailable | None:
-    """The error to raise, saying how to go on, if the tracking server went away; None if it answers."""
-    problem = tracking_problem(settings)
-    if problem is None:
-        return None
-    return TrackingUnavailable(f"{problem}; every stage's results are saved in {settings.database}: "
-                               f"`influmix resume {run_id}` tracks them once it is back")
+@contextmanager
+def lost_server_is_resumable(settings: Settings, run_id: str) -> Iterator[None]:
+    """Inside: an error while the tracking server does not answer becomes TrackingUnavailable, saying how to
+    go on; any other error is raised as it is."""
+    try:
+        yield
+    except Exception as exc:
+        if (problem := tracking_problem(settings)) is None:
+            raise
+        raise TrackingUnavailable(f"{problem}; every stage's results are saved in {settings.database}: "
+                                  f"`influmix resume {run_id}` tracks them once it is back") from exc
+
+
+@contextmanager
+def lost_server_is_a_warning(settings: Settings, consequence: str) -> Iterator[None]:
+    """Inside: an error while the tracking server does not answer is a warning naming `consequence`, not the
+    run's end; any other error is raised as it is."""
+    try:
+        yield
+    except Exception:
+        if (problem := tracking_problem(settings)) is None:
+            raise
+        warnings.warn(f"{problem}: {consequence}", stacklevel=3)

@@ -52,6 +52,6 @@ def log_missing_points(client, run: Run, corpus: Corpus, stages: list[StageResul
         if result.checkpoint.stage not in have:
             points += stage_points(run.database, result)
     # the sentinel goes last: a batch cut short by an outage is sent again whole
-    points.sort(key=lambda p: p[0] == STAGE_SENTINEL or p[0] == CORPUS_SENTINEL)
+    points.sort(key=lambda p: p[0] in (STAGE_SENTINEL, CORPUS_SENTINEL))
     log_metric_points(client, run.mlflow_run_id, points)
     return len(points)
