@@ -29,6 +29,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
+TINY = REPO / "configs" / "tiny.toml"
 BIN = Path(sys.executable).parent
 LOG_PROBLEMS = ("Traceback (most recent call last)", "database is locked")
 
@@ -40,16 +41,11 @@ def free_port() -> int:
 
 
 def soak_overrides(run_dir: Path) -> list[str]:
-    """A whole run at test scale on the bundled sample: about a minute on 2 cores."""
+    """A whole run at test scale on the bundled sample (sizes: configs/tiny.toml): about a minute on 2 cores."""
     return [f'run_dir="{run_dir}"',
             (f'ingest.sources=[{{path="{SAMPLE / "corpus.jsonl.gz"}", max_records=240}}, '
              f'{{path="{SAMPLE / "broken.jsonl"}", domain="unknown"}}]'),
-            f'reference.sources=[{{path="{SAMPLE / "reference.jsonl.gz"}"}}]', "reference.max_documents=40",
-            "embed.max_seq_length=64", "cluster.k=4", "proxy.vocab_size=512", "proxy.seq_len=64", "proxy.batch_size=4",
-            "proxy.steps_per_stage=12", "proxy.warmup_steps=2", "proxy.tokenizer_max_docs=200", "probe.budget=64",
-            "probe.reference_sequences=8", "probe.finetune_steps=12", "probe.finetune_eval_every=4",
-            "probe.rollout_steps=2", "probe.rollout_rows_per_step=4", "probe.control_batches=2", "distill.epochs=40",
-            "select.token_budget=6000", "stages=2"]
+            f'reference.sources=[{{path="{SAMPLE / "reference.jsonl.gz"}"}}]']
 
 
 def sh(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -71,7 +67,7 @@ def deploy(settings, env: dict[str, str], workdir: Path, every_min: float) -> da
     nightly = next(d for d in spec["deployments"] if d["name"] == "curate-nightly")
     first = datetime.now(UTC) + timedelta(minutes=2)
     spec["deployments"].append({**nightly, "name": "curate-soak", "parameters": {
-        "config": None, "overrides": soak_overrides(settings.run_dir)}, "schedules": [
+        "config": str(TINY), "overrides": soak_overrides(settings.run_dir)}, "schedules": [
         {"interval": int(every_min * 60), "anchor_date": first.isoformat(), "active": True}]})
     prefect_file = workdir / "prefect.yaml"
     prefect_file.write_text(yaml.safe_dump(spec))

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import socket
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,17 @@ def service_log_problems(folder: Path, excerpt: int = 40) -> list[str]:
     return found
 
 
+def tiny_sizes() -> list[str]:
+    """configs/tiny.toml (the sizes of a toy run, shared with the soak and the scale benchmark's test) as
+    `section.key=value` overrides, so tests can layer them with paths of their own."""
+    with (REPO / "configs" / "tiny.toml").open("rb") as fh:
+        tiny = tomllib.load(fh)
+    flat = [(f"{section}.{key}", value) for section, table in tiny.items() if isinstance(table, dict)
+            for key, value in table.items()]
+    flat += [(key, value) for key, value in tiny.items() if not isinstance(value, dict)]
+    return [f"{key}={json.dumps(value)}" for key, value in flat]
+
+
 def tiny_overrides(run_dir: Path, corpus_records: int = 240) -> list[str]:
     """A whole run at toy scale: real data, real models, seconds per stage on 2 CPU cores."""
     return [
@@ -75,25 +87,7 @@ def tiny_overrides(run_dir: Path, corpus_records: int = 240) -> list[str]:
         (f'ingest.sources=[{{path="{SAMPLE / "corpus.jsonl.gz"}", max_records={corpus_records}}}, '
          f'{{path="{SAMPLE / "broken.jsonl"}", domain="unknown"}}]'),
         f'reference.sources=[{{path="{SAMPLE / "reference.jsonl.gz"}"}}]',
-        "reference.max_documents=40",
-        "embed.max_seq_length=64",
-        "cluster.k=4",
-        "proxy.vocab_size=512",
-        "proxy.seq_len=64",
-        "proxy.batch_size=4",
-        "proxy.steps_per_stage=12",
-        "proxy.warmup_steps=2",
-        "proxy.tokenizer_max_docs=200",
-        "probe.budget=64",
-        "probe.reference_sequences=8",
-        "probe.finetune_steps=12",
-        "probe.finetune_eval_every=4",
-        "probe.rollout_steps=2",
-        "probe.rollout_rows_per_step=4",
-        "probe.control_batches=2",
-        "distill.epochs=40",
-        "select.token_budget=6000",
-        "stages=2",
+        *tiny_sizes(),
         "track.alias_min_spearman=-1.0",  # 16 held-out probes rank by chance; test_tracking tests the gate itself
     ]
 
