@@ -43,6 +43,15 @@ from core.sections import (  # noqa: F401 - the sections are part of this module
 )
 
 
+def encoder_to_finetune(model: str) -> str:
+    """The transformer `distill.finetune_encoder` fine-tunes: a static model's source (a static model has no
+    encoder of its own; the student scores from text, so it need not share the stored vectors' space), else
+    `embed.model` itself."""
+    if model in STATIC_EMBED_MODELS:
+        return STATIC_EMBED_MODELS[model]
+    return model.removeprefix(STATIC_EMBED_PREFIX) if model.startswith(STATIC_EMBED_PREFIX) else model
+
+
 def is_static_embed_name(model: str) -> bool:
     """`embed.model` names a static model to distil (a model2vec folder given by path is found at load time)."""
     return model in STATIC_EMBED_MODELS or model.startswith(STATIC_EMBED_PREFIX)
@@ -97,9 +106,6 @@ class Settings(_Section):
         if self.probe.pull_size > self.probe.budget:
             raise ValueError(f"setting `probe.pull_size`: {self.probe.pull_size} is above probe.budget = "
                              f"{self.probe.budget}")
-        if self.distill.finetune_encoder and is_static_embed_name(self.embed.model):
-            raise ValueError(f"setting `distill.finetune_encoder`: embed.model = {self.embed.model!r} is a static "
-                             "model, which has no encoder to fine-tune")
         if self.distill.reference_prior > 0 and self.distill.features != "tokens":
             raise ValueError("setting `distill.reference_prior`: the prior is a per-token weight, so it needs "
                              "distill.features = 'tokens'")

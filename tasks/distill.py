@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core import db, store
 from core.artifacts import Embedded, Influence, Probes, Tokenized
-from core.config import Settings
+from core.config import Settings, encoder_to_finetune
 from core.faults import failpoint
 from core.seeds import rng
 from core.store import ProbeRow
@@ -138,7 +138,8 @@ def new_student(con, settings: Settings, tokenized: Tokenized, stage: int) -> St
         return make_student("tokens", tokenizer_file=tokenized.tokenizer_path, seq_len=settings.proxy.seq_len,
                             prior=prior, prior_weight=settings.distill.reference_prior)
     if name == "finetuned":
-        encoder = load_sentence_encoder(settings.embed.model, settings.embed.device, settings.embed.max_seq_length)
+        encoder = load_sentence_encoder(encoder_to_finetune(settings.embed.model), settings.embed.device,
+                                        settings.embed.max_seq_length)
         return make_student("finetuned", config=cfg, encoder=encoder, batch_size=settings.embed.batch_size)
     return make_student("head", config=cfg)
 

@@ -169,7 +169,8 @@ def test_unknown_embed_model_is_one_line_before_any_work(tmp_path, monkeypatch, 
 def test_usable_embed_models_pass_the_check(tmp_path):
     from tasks.embed import check_embed_model
 
-    check_embed_model(load_settings())  # the packaged MiniLM
+    check_embed_model(load_settings(None, ['embed.model="all-MiniLM-L6-v2"']))  # the packaged MiniLM
+    check_embed_model(load_settings(None, ['embed.device="cpu"']))  # auto on a CPU: minilm-static
     folder = _model_folder(tmp_path, "config.json", "model.safetensors")
     check_embed_model(load_settings(None, [f'embed.model="{folder}"']))
 
@@ -200,3 +201,19 @@ def test_every_setting_the_readme_table_names_exists():
                 break
             value = getattr(value, part)
     assert not missing, missing
+
+
+def test_auto_embed_model_is_the_static_one_on_a_cpu_and_minilm_on_a_gpu(monkeypatch):
+    """`embed.model = "auto"` (the default) resolves when the settings load, so the effective settings,
+    the embedding cache key and MLflow's params all name the model that ran; fine-tuning a static model's
+    encoder fine-tunes the transformer it was distilled from."""
+    from core.config import EmbedSettings, encoder_to_finetune
+
+    assert load_settings(None, ['embed.device="cpu"']).embed.model == "minilm-static"
+    assert load_settings(None, ['embed.device="cuda"']).embed.model == "all-MiniLM-L6-v2"
+    tuned = load_settings(None, ['embed.device="cpu"', "distill.finetune_encoder=true"])
+    assert tuned.embed.model == "minilm-static" and encoder_to_finetune(tuned.embed.model) == "all-MiniLM-L6-v2"
+    assert EmbedSettings(device="cpu").model == "minilm-static"  # a section on its own resolves too
+    assert load_settings(None, ['embed.model="all-MiniLM-L6-v2"']).embed.model == "all-MiniLM-L6-v2"  # named: kept
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert load_settings(None, []).embed.model == "minilm-static"  # no visible GPU
