@@ -43,18 +43,24 @@ from core.sections import (  # noqa: F401 - the sections are part of this module
 )
 
 
+def static_source(model: str) -> str | None:
+    """The transformer a static `embed.model` name is distilled from; None for every other model."""
+    if model in STATIC_EMBED_MODELS:
+        return STATIC_EMBED_MODELS[model]
+    return model.removeprefix(STATIC_EMBED_PREFIX) if model.startswith(STATIC_EMBED_PREFIX) else None
+
+
 def encoder_to_finetune(model: str) -> str:
     """The transformer `distill.finetune_encoder` fine-tunes: a static model's source (a static model has no
     encoder of its own; the student scores from text, so it need not share the stored vectors' space), else
     `embed.model` itself."""
-    if model in STATIC_EMBED_MODELS:
-        return STATIC_EMBED_MODELS[model]
-    return model.removeprefix(STATIC_EMBED_PREFIX) if model.startswith(STATIC_EMBED_PREFIX) else model
+    return static_source(model) or model
 
 
 def is_static_embed_name(model: str) -> bool:
     """`embed.model` names a static model to distil (a model2vec folder given by path is found at load time)."""
-    return model in STATIC_EMBED_MODELS or model.startswith(STATIC_EMBED_PREFIX)
+    return static_source(model) is not None
+
 
 # A run id names a folder influmix writes under (run_dir, shard_dir): no separators, no leading dot.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import STATIC_EMBED_MODELS, STATIC_EMBED_PREFIX, EmbedSettings, Settings
+from core.config import EmbedSettings, Settings, static_source
 from models.embedder import PACKAGED_MODELS, EncoderLoadError, load_sentence_encoder
 from models.static_embedder import StaticEncoder, distilled_folder, folder_fingerprint, is_static_folder
 
@@ -36,13 +36,6 @@ class Embedder:
     static: bool
     key: str | None
     """`embedding_key`; None when the model's files cannot be read (then nothing is reused or cached)."""
-
-
-def static_source(model: str) -> str | None:
-    """The transformer a static `embed.model` is distilled from; None for every other model."""
-    if model in STATIC_EMBED_MODELS:
-        return STATIC_EMBED_MODELS[model]
-    return model.removeprefix(STATIC_EMBED_PREFIX) if model.startswith(STATIC_EMBED_PREFIX) else None
 
 
 def is_static_model(model: str) -> bool:
