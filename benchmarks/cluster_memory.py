@@ -54,8 +54,6 @@ FLOOR = "import tasks.cluster, core.db, core.config"
 
 def synthetic_database(path: Path, n: int, seed: int = 0) -> Path:
     """`n` unit-norm 384-d embeddings around `CENTRES` seeded centres, in `embeddings` (made once per size)."""
-    import pyarrow as pa
-
     from core import db
 
     if path.exists():
@@ -69,26 +67,46 @@ def synthetic_database(path: Path, n: int, seed: int = 0) -> Path:
             rows = min(CHUNK, n - start)
             x = centres[rng.integers(0, CENTRES, rows)] + 1.5 * rng.standard_normal((rows, DIM)).astype(np.float32)
             x /= np.linalg.norm(x, axis=1, keepdims=True)
-            db.insert_arrow(con, "insert_embeddings", pa.table({
-                "run_id": pa.array([RUN_ID] * rows), "doc_id": pa.array([f"d{start + i:08d}" for i in range(rows)]),
-                "model": pa.array(["synthetic"] * rows),
-                "embedding": pa.FixedSizeListArray.from_arrays(x.reshape(-1), DIM).cast(pa.list_(pa.float32()))}))
+            write_embeddings(con, RUN_ID, [f"d{start + i:08d}" for i in range(rows)], x)
     tmp.rename(path)
     return path
 
 
-def run_measured(code: Path, args: list[str]) -> dict[str, Any]:
-    """Run CHILD (or the import floor) with `code` first on the path: wall, CPU and peak RSS of that process
-    alone (`os.wait4`; resource.RUSAGE_CHILDREN would be the largest child so far)."""
+def write_embeddings(con, run_id: str, doc_ids: list[str], vectors: np.ndarray, model: str = "synthetic") -> None:
+    """Vectors for documents that have no real text (a synthetic pool), stored as the embed stage stores
+    them: a document row each, its vector in `embedding_cache` (keyed by the document id) under the model
+    name as key, and the run's `embeddings` view pointed at that key. tests/test_cluster.py uses it too."""
+    import pyarrow as pa
+
+    from core import db
+
+    rows, dim = vectors.shape
+    ids = pa.array(doc_ids)
+    db.insert_arrow(con, "insert_documents", pa.table({
+        "run_id": pa.array([run_id] * rows), "doc_id": ids, "text": pa.array(["synthetic"] * rows),
+        "source": pa.array(["synthetic"] * rows), "locator": pa.array([f"row:{d}" for d in doc_ids]),
+        "domain": pa.array(["synthetic"] * rows), "n_chars": pa.array(np.full(rows, 9, dtype=np.int32)),
+        "content_hash": ids}))
+    db.insert_arrow(con, "insert_embedding_cache", pa.table({
+        "content_hash": ids, "model_key": pa.array([model] * rows),
+        "embedding": pa.FixedSizeListArray.from_arrays(vectors.astype(np.float32).reshape(-1), dim)
+        .cast(pa.list_(pa.float32()))}))
+    db.run(con, "set_run_embedding_model", {"run_id": run_id, "model": model, "model_key": model})
+
+
+def run_measured(code: Path, args: list[str], child: str = CHILD, floor: str = FLOOR) -> dict[str, Any]:
+    """Run `child` (or, without args, the import `floor`) with `code` first on the path: wall, CPU and peak
+    RSS of that process alone (`os.wait4`; resource.RUSAGE_CHILDREN would be the largest child so far) and
+    the JSON its last line prints. benchmarks/select_scaling.py measures its stage the same way."""
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     started = time.perf_counter()
     with open(os.devnull, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD if args else FLOOR, *args], cwd=code, env=env,
+        proc = subprocess.Popen([sys.executable, "-c", child if args else floor, *args], cwd=code, env=env,
                                 stdout=subprocess.PIPE, stderr=sink, text=True)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"cluster child exited with {os.waitstatus_to_exitcode(status)}")
+        raise RuntimeError(f"measured child exited with {os.waitstatus_to_exitcode(status)}")
     inner = json.loads(out.splitlines()[-1]) if args else {}
     return {"process_wall_s": round(time.perf_counter() - started, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), **inner}

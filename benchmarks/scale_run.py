@@ -97,24 +97,36 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def run_environment(run_dir: Path) -> dict[str, str]:
+    """This process's environment, with the run's Prefect home its own (`<run_dir>/prefect`) and no served
+    stack: a PREFECT_HOME, PREFECT_API_URL or MLFLOW_TRACKING_URI left by the caller would send the run's task
+    runs or metrics elsewhere, where `stage_windows` and `final_metrics` do not read."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    return {**env, "PREFECT_HOME": str(run_dir / "prefect")}
+
+
 def run_influmix(config: Path | None, overrides: list[str], log: Path) -> dict[str, Any]:
-    """`influmix run [--config config] --set ...` in a child process: its wall time, CPU time and memory."""
+    """`influmix run [--config config] --set ...` in a child process (its log and run directory beside
+    each other): its wall time, CPU time and memory."""
     command = [sys.executable, "-m", "influmix.cli", "run", *(["--config", str(config)] if config else [])]
     for override in overrides:
         command += ["--set", override]
     load = os.getloadavg()[0]  # other work on the machine slows a run down: recorded, not corrected for
     started_at, started = time.time(), time.perf_counter()
     with log.open("w") as fh:
-        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=run_environment(log.parent))
         sampler = MemorySampler(proc.pid).start()
         _, status, usage = os.wait4(proc.pid, 0)
     sampler.stop()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"influmix run exited with {code}; log {log}:\n{log.read_text()[-3000:]}")
-    _, tree_peak = sampler.peak()
+    # The kernel's ru_maxrss (the largest single process of the tree, exact) bounds the tree's peak from
+    # below: samples 0.5 s apart can miss a short spike, so the tree peak is never reported under it.
+    own_peak = usage.ru_maxrss / 1024
+    tree_peak = max(sampler.peak()[1], own_peak)
     return {"end_to_end_seconds": round(time.perf_counter() - started, 1), "started_at": started_at,
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mib": round(own_peak, 1),
             "peak_tree_rss_mib": round(tree_peak, 1), "loadavg_1m_before": round(load, 2), "sampler": sampler}
 
 

@@ -89,9 +89,20 @@ def connect(db_path: str | Path, read_only: bool = False) -> Iterator[duckdb.Duc
         con.execute("SET enable_progress_bar = false")
         if not read_only:
             con.execute(sql("schema"))
+            if rows(con, "legacy_embeddings_table")[0][0]:
+                migrate_legacy_embeddings(con)
         yield con
     finally:
         con.close()
+
+
+def migrate_legacy_embeddings(con: duckdb.DuckDBPyConnection) -> None:
+    """A file from before `embeddings` was a view over the cache holds it as a table, which kept the schema
+    from creating the view: move its vectors into the cache (sql/migrate_legacy_embeddings.sql), then
+    create the view, in one transaction."""
+    with transaction(con):
+        con.execute(sql("migrate_legacy_embeddings"))
+        con.execute(sql("schema"))
 
 
 @contextlib.contextmanager

@@ -96,6 +96,7 @@ def distilled_folder(source_folder: str | Path, cache_root: str | Path, spec: Di
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         distill(source_folder, spec).save_pretrained(str(staging))
+        _portable_config(staging / "config.json")
         try:
             os.rename(staging, folder)
         except OSError:  # another process finished first: keep its folder
@@ -104,6 +105,16 @@ def distilled_folder(source_folder: str | Path, cache_root: str | Path, spec: Di
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _portable_config(config: Path) -> None:
+    """model2vec writes the source's absolute path into config.json (`tokenizer_name`, metadata it never
+    loads from); keeping only its folder name makes the model's bytes, hence `embedding_key` and every
+    cached vector's key, the same from any checkout or virtualenv."""
+    fields = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(fields.get("tokenizer_name"), str):
+        fields["tokenizer_name"] = Path(fields["tokenizer_name"]).name
+    config.write_text(json.dumps(fields, indent=4), encoding="utf-8")
 
 
 def distill(source_folder: str | Path, spec: DistillSpec):

@@ -76,23 +76,31 @@ CREATE TABLE IF NOT EXISTS reference_documents (
     PRIMARY KEY (run_id, ref_id)
 );
 
-CREATE TABLE IF NOT EXISTS embeddings (
-    run_id    VARCHAR NOT NULL,
-    doc_id    VARCHAR NOT NULL,
-    model     VARCHAR NOT NULL,
-    embedding FLOAT[] NOT NULL,                    -- L2-normalised sentence embedding
-    PRIMARY KEY (run_id, doc_id)
-);
-
 -- Content-addressed document vectors, shared by every run in this file: a run embeds only documents whose
 -- text (`documents.content_hash`) has no vector yet for its model. `model_key` hashes the model's files and
--- the settings that change vectors (tasks/embed.py `embedding_key`); `embeddings` is each run's copy.
+-- the settings that change vectors (tasks/embed/encoders.py `embedding_key`).
 CREATE TABLE IF NOT EXISTS embedding_cache (
     content_hash VARCHAR NOT NULL,
     model_key    VARCHAR NOT NULL,
     embedding    FLOAT[] NOT NULL,
     PRIMARY KEY (content_hash, model_key)
 );
+
+-- Which embedding model each run's embed stage used: a run's vectors are read from the cache through it,
+-- never copied (a second run on the same corpus writes one row here, not a second copy of the matrix).
+CREATE TABLE IF NOT EXISTS run_embedding_models (
+    run_id    VARCHAR PRIMARY KEY,
+    model     VARCHAR NOT NULL,                    -- `embed.model` as configured
+    model_key VARCHAR NOT NULL                     -- its `embedding_cache.model_key`
+);
+
+-- A run's embeddings: one L2-normalised vector per pool document, from the cache under the run's model key.
+-- (Files from before this view held a table of the same name: core/db.py moves it into the cache first.)
+CREATE VIEW IF NOT EXISTS embeddings AS
+SELECT d.run_id, d.doc_id, m.model, c.embedding
+FROM run_embedding_models m
+JOIN pool_documents d ON d.run_id = m.run_id
+JOIN embedding_cache c ON c.content_hash = d.content_hash AND c.model_key = m.model_key;
 
 CREATE TABLE IF NOT EXISTS clusters (
     run_id     VARCHAR NOT NULL,

@@ -53,10 +53,13 @@ def select_stage(settings: Settings, influence: Influence, clustered: Clustered,
     run_id, stage, method = influence.run_id, influence.stage, settings.select.method
     with db.connect(settings.database, read_only=True) as con:
         pool = store.candidates(con, run_id, stage, settings.seed, settings.select.exclude_previous)
-        score_of = store.stage_scores(con, run_id, stage)
     if len(probes.arm_scores) != clustered.k:
         raise ValueError(f"stage {stage}: {len(probes.arm_scores)} arm rewards for {clustered.k} clusters")
-    scores = np.array([score_of[d] for d in pool.doc_ids], dtype=np.float64)
+    scores = pool.scores
+    if np.isnan(scores).any():
+        missing = pool.doc_ids[int(np.flatnonzero(np.isnan(scores))[0])]
+        raise ValueError(f"stage {stage}: {int(np.isnan(scores).sum())} candidates have no influence score "
+                         f"(first: {missing}); the distill stage scores every candidate")
     keys = gumbel_keys(SELECTORS[method](settings, pool, scores, probes), settings.select.temperature,
                        rng(settings.seed, "select", stage))
     chosen = greedy_fill(np.argsort(-keys, kind="stable"), pool.n_tokens, settings.select.token_budget).tolist()

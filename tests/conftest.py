@@ -54,6 +54,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def environment_left_as_found():
+    """`influmix run` called in-process (CliRunner) exports its Prefect home and served URLs, as a process
+    entry point should; without this, the next test's children would inherit another test's PREFECT_HOME."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
 # What must never appear in a served process's log: a traceback, or SQLite refusing a write.
 SERVICE_LOG_PROBLEMS = ("Traceback (most recent call last)", "database is locked")
 

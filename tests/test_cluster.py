@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pytest
 from sklearn.cluster import MiniBatchKMeans
 
+from benchmarks.cluster_memory import write_embeddings
 from core import db
 from core.artifacts import Embedded
 from core.config import load_settings
@@ -24,9 +24,7 @@ def _embedded(tmp_path, n: int, dim: int = 8):
     X = rng.standard_normal((6, dim))[rng.integers(0, 6, n)] + 0.3 * rng.standard_normal((n, dim))
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
     with db.connect(settings.database) as con:
-        db.insert_arrow(con, "insert_embeddings", pa.table({
-            "run_id": [RUN_ID] * n, "doc_id": [f"doc-{i:05d}" for i in range(n)], "model": ["synthetic"] * n,
-            "embedding": pa.FixedSizeListArray.from_arrays(X.reshape(-1), dim).cast(pa.list_(pa.float32()))}))
+        write_embeddings(con, RUN_ID, [f"doc-{i:05d}" for i in range(n)], X)
     return settings, X
 
 

