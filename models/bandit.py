@@ -20,8 +20,10 @@ Algorithm (pure numpy; deterministic for `cfg.seed`; `measure` is the caller's o
      calls `measure(arm, documents)`, which returns one oracle value per document and, optionally, a group
      reward for the pull (a rollout on the batch, minus a control). The pull's reward is the mean of the
      documents' values in units of the warm-up values' spread (median / MAD, robust to a few outliers), plus
-     the group reward (in its own units of spread over the pulls that had one) when there is one: what was
-     measured, never what a model predicts.
+     the group reward when there is one, in units of the warm-up group rewards' spread (median / MAD over
+     the arms): what was measured, never what a model predicts. Both scales are set once the warm-up is
+     over, so an arm's reward does not depend on how early in the warm-up it happened to be pulled (a
+     running spread over the first two or three rollouts made an early arm's reward +-5 from noise).
   5. Reward sharing (Quad): arm i whose centroid is within cosine distance `share_distance` of the pulled arm
      j is updated with weight 1 - d(i, j) / share_distance (arm j itself with weight 1).
   6. Stop when `budget` documents were measured or every queue is empty.
@@ -78,6 +80,7 @@ class OracleTrace:
     reward_sum: np.ndarray
     stop_reason: str  # "budget" | "exhausted"
     scale: tuple[float, float] = (0.0, 1.0)  # (centre, spread) the document values were put in units of
+    group_scale: tuple[float, float] = (0.0, float("inf"))  # the same for the group rewards
 
     @property
     def measured(self) -> np.ndarray:
@@ -125,18 +128,13 @@ def robust_scale(values: np.ndarray) -> tuple[float, float]:
     return centre, spread
 
 
-class _GroupScale:
-    """The spread of group rewards seen so far (rewards are already control-centred)."""
-
-    def __init__(self) -> None:
-        self.seen: list[float] = []
-
-    def __call__(self, group: float | None) -> float:
-        if group is None or not np.isfinite(group):
-            return 0.0
-        self.seen.append(group)
-        spread = float(np.std(self.seen)) if len(self.seen) > 1 else abs(group)
-        return group / spread if spread > 1e-15 else 0.0
+def group_scale(groups: list[float | None]) -> tuple[float, float]:
+    """(centre, spread) of the finite group rewards: median / MAD like the documents' values; a spread of
+    inf (the group reward then counts 0) when fewer than two arms had one."""
+    finite = np.array([g for g in groups if g is not None and np.isfinite(g)], dtype=np.float64)
+    if len(finite) < 2:
+        return 0.0, float("inf")
+    return robust_scale(finite)
 
 
 def spend_oracle(arm_of: np.ndarray, centroids: np.ndarray, measure: Callable[[int, np.ndarray], Measurement],
@@ -152,7 +150,7 @@ def spend_oracle(arm_of: np.ndarray, centroids: np.ndarray, measure: Callable[[i
     sharing = share_weights(centroids, cfg.share_distance)
     weight, reward_sum = np.zeros(k), np.zeros(k)
     pulls: list[Pull] = []
-    spent, scale, group_scale = 0, None, _GroupScale()
+    spent, scale, groups = 0, None, (0.0, float("inf"))
     warm_order = [int(a) for a in rng.permutation(k) if len(queues[a])] * cfg.warm_pulls
     pending_warm: list[tuple[int, np.ndarray, Measurement]] = []
 
@@ -170,7 +168,8 @@ def spend_oracle(arm_of: np.ndarray, centroids: np.ndarray, measure: Callable[[i
         values = np.asarray(measured.values, dtype=np.float64)
         finite = values[np.isfinite(values)]
         reward = (float(finite.mean()) - centre) / spread if len(finite) else 0.0
-        reward += group_scale(measured.group)
+        if measured.group is not None and np.isfinite(measured.group):
+            reward += (measured.group - groups[0]) / groups[1]
         weight[:] += sharing[:, arm]
         reward_sum[:] += sharing[:, arm] * reward
         pulls.append(Pull(len(pulls), arm, ucb, docs, values, reward, measured.group))
@@ -182,6 +181,7 @@ def spend_oracle(arm_of: np.ndarray, centroids: np.ndarray, measure: Callable[[i
         spent += len(docs)
         pending_warm.append((arm, docs, measure(arm, docs)))
     scale = robust_scale(np.concatenate([m.values for _, _, m in pending_warm])) if pending_warm else (0.0, 1.0)
+    groups = group_scale([m.group for _, _, m in pending_warm])
     for arm, docs, measured in pending_warm:
         record(arm, float("inf"), docs, measured)
 
@@ -199,7 +199,7 @@ def spend_oracle(arm_of: np.ndarray, centroids: np.ndarray, measure: Callable[[i
         docs = take(arm)
         spent += len(docs)
         record(arm, float(ucb[arm]), docs, measure(arm, docs))
-    return OracleTrace(pulls, weight, reward_sum, stop_reason, scale)
+    return OracleTrace(pulls, weight, reward_sum, stop_reason, scale, groups)
 
 
 def arm_scores(trace: OracleTrace, prior_pulls: float = 2.0) -> np.ndarray:

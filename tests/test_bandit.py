@@ -86,6 +86,24 @@ def test_group_rewards_count_and_rewards_are_shared_with_a_twin_arm():
     assert np.allclose(shared.weight[:4], own[:4])  # the others only their own
 
 
+def test_an_arms_group_reward_does_not_depend_on_when_the_warm_up_pulled_it():
+    """Group rewards are scaled by the spread over every arm's rollout, set after the warm-up: the same
+    rollouts give each arm the same group part of its reward whatever order the warm-up took (a running
+    spread over the first few rollouts gave an early arm +-5 from noise)."""
+    arm_of, centroids, _ = _arms()
+    rollouts = {0: -3e-7, 1: -4e-7, 2: -2e-7, 3: 1e-7, 4: -7e-7, 5: 2e-7}
+    first_rewards = []
+    for seed in (0, 1, 2):
+        trace = spend_oracle(arm_of, centroids, Oracle(np.zeros(len(arm_of)), rollouts),
+                             OracleBanditConfig(budget=48, seed=seed, share_distance=0))
+        assert [p.arm for p in trace.pulls[:6]] != list(range(6)) or seed == 0  # the warm-up order changes
+        first_rewards.append({p.arm: p.reward for p in trace.pulls[:6]})
+    assert all(np.allclose([r[a] for a in range(6)], [first_rewards[0][a] for a in range(6)]) for r in first_rewards)
+    centre, spread = trace.group_scale
+    assert centre == pytest.approx(np.median(list(rollouts.values()))) and 0 < spread < 1e-6
+    assert max(abs(r) for r in first_rewards[0].values()) < 3  # none of them blown up by a tiny early spread
+
+
 def test_arm_queues_hold_each_arm_once_in_key_order():
     arm_of = np.array([2, 0, 2, 1, 0, 2])
     queues = arm_queues(arm_of, 3, np.array([5, 4, 3, 2, 1, 0]))
