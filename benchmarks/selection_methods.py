@@ -180,10 +180,39 @@ def stage0_groups(settings: Settings, methods: list[str]) -> list[list[str]]:
     return [g for k, g in groups.items() if k != product] + [groups[product]] if product in groups else list(groups.values())
 
 
+SHORT_CHARS = 100
+"""A record under this many characters counts as short in `mixture_quality`."""
+
+
+def mixture_quality(texts: list[str]) -> dict[str, float]:
+    """Shares of a mixture's records that are under 100 characters and that py3langid does not call English.
+
+    The pool is about half junk; the hand-picked domain mix takes its domains uniformly, junk included, so
+    these two shares say whether a selector keeps the good half of the right domains. Every record counts,
+    whatever py3langid's confidence (the filter stage only drops confident non-English calls)."""
+    from tasks.filter.rules import language_identifier
+
+    identifier = language_identifier()
+    n = max(len(texts), 1)
+    return {"records": len(texts),
+            "under_100_chars": sum(len(t) < SHORT_CHARS for t in texts) / n,
+            "non_english": sum(identifier.classify(t[:1000])[0] != "en" for t in texts) / n}
+
+
+def stage_texts(con, run_id: str, stages: list[list[str]]) -> list[str]:
+    """The texts of every document of every stage's mixture, in stage order."""
+    ids = [d for mixture in stages for d in mixture]
+    texts = store.texts_of(con, run_id, ids)
+    return [texts[d] for d in ids]
+
+
 def mixture_facts(settings: Settings, run_id: str, methods: dict[str, Any]) -> dict[str, Any]:
-    """Add tokens and documents per stage and the token share of each pool domain to every method's entry."""
+    """Add tokens and documents per stage, the token share of each pool domain and the mixture's quality
+    (`mixture_quality`) to every method's entry."""
     with db.connect(settings.database, read_only=True) as con:
         meta = {r.doc_id: (r.domain, r.n_tokens) for r in store.documents_metadata(con, run_id)}
+        quality = {method: mixture_quality(stage_texts(con, run_id, entry["stages"]))
+                   for method, entry in methods.items()}
     for entry in methods.values():
         by_domain: dict[str, int] = defaultdict(int)
         for mixture in entry["stages"]:
@@ -193,4 +222,6 @@ def mixture_facts(settings: Settings, run_id: str, methods: dict[str, Any]) -> d
         entry["tokens_per_stage"] = [sum(meta[d][1] for d in mixture) for mixture in entry["stages"]]
         entry["documents_per_stage"] = [len(mixture) for mixture in entry["stages"]]
         entry["domain_token_shares"] = {d: n / total for d, n in sorted(by_domain.items())}
+    for method, entry in methods.items():
+        entry["mixture_quality"] = quality[method]
     return methods

@@ -84,6 +84,9 @@ def summarise(results: dict[str, Any]) -> None:
             },
             "evaluator_tokens_per_s": float(np.mean([r["tokens_per_s"] for r in runs])),
         })
+        quality = [r["selection"]["mixture_quality"] for r in runs if "mixture_quality" in r["selection"]]
+        if quality:  # results from before the quality shares were measured have none
+            method["mixture_quality"] = {k: float(np.mean([q[k] for q in quality])) for k in quality[0]}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -122,8 +125,9 @@ def _pm(stats: dict[str, Any] | None, digits: int = 3) -> str:
 def table(results: dict[str, Any]) -> str:
     """The headline table in markdown (shown in README.md)."""
     lines = [("| method | held-out reference loss | tokens to random's final loss | cloze accuracy (target-word loss) | "
-             "wiki / news loss | largest domain share | selection overhead (time / FLOPs) |"),
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "wiki / news loss | largest domain share | records < 100 chars / non-English | "
+             "selection overhead (time / FLOPs) |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in results["methods"].items():
         if "final_heldout_reference_loss" not in m:
             continue
@@ -136,9 +140,11 @@ def table(results: dict[str, Any]) -> str:
         split = " / ".join(f"{domains[d]['mean']:.3f}" for d in ("wiki", "news") if d in domains) or "n/a"
         share = max(m["domain_token_shares"].items(), key=lambda kv: kv[1], default=("-", 0.0))
         over = m["selection_overhead"]
+        q = m.get("mixture_quality")
+        quality = f"{q['under_100_chars']:.1%} / {q['non_english']:.1%}" if q else "n/a"
         lines.append(f"| {name} | {_pm(m['final_heldout_reference_loss'])} | {reach} | "
                      f"{_pm(m['cloze_accuracy'])} ({_pm(m['cloze_target_loss'], 2)}) | {split} | {share[0]} {share[1]:.0%} | "
-                     f"{over['time_fraction']:.2f} / {over['flops_fraction']:.3f} |")
+                     f"{quality} | {over['time_fraction']:.2f} / {over['flops_fraction']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,6 +48,9 @@ def test_tiny_selection_benchmark_writes_every_method_and_resumes(tmp_path: Path
         run = method["seeds"]["0"]
         assert len(run["selection"]["tokens_per_stage"]) == stages
         assert all(0 < t <= budget for t in run["selection"]["tokens_per_stage"]), name
+        quality = method["mixture_quality"]  # the share of junk the mixture kept, measured on its texts
+        assert quality["records"] == sum(run["selection"]["documents_per_stage"])
+        assert all(0 <= quality[k] <= 1 for k in ("under_100_chars", "non_english")), name
     assert result["methods"]["random"]["tokens_to_random_final_loss_ratio"]["mean"] <= 1.0
     assert set(result["methods"]["domain_oracle"]["domain_token_shares"]) <= {"news", "wiki"}
     assert result["methods"]["random"]["selection_overhead"]["flops_fraction"] == 0

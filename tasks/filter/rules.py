@@ -76,18 +76,18 @@ def _word_tokenizer():
 
 
 @cache
-def _language_identifier():
+def language_identifier():
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
 def known_languages() -> list[str]:
-    return sorted(_language_identifier().labels)
+    return sorted(language_identifier().labels)
 
 
 def language_judge(cfg: LanguageFilterSettings) -> Judge:
-    identifier, keep = _language_identifier(), set(cfg.languages)
+    identifier, keep = language_identifier(), set(cfg.languages)
     shown = ", ".join(cfg.languages)
 
     def judge(text: str) -> str | None:
