@@ -16,10 +16,12 @@ export DO_NOT_TRACK := 1
 
 .PHONY: install demo test lint clean sample serve stop deploy
 
+# --no-compile: byte-compiling every installed module took 2m12s of the install's 3m41s of CPU on the 2-core
+# machine; Python compiles the modules a run imports on first use instead (a fraction of them).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-compile -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
