@@ -49,11 +49,14 @@ VARIANTS: dict[str, list[str]] = {
     "influmix_no_group": ["probe.group_rollouts=false"],
     "influmix_no_student": ['select.method="arms"'],
     "influmix_no_tokens": ['distill.features="embedding"'],
+    "influmix_tokens": ['distill.features="tokens"'],
+    "influmix_no_history": ["distill.history_stages=0"],
     "influmix": [],
 }
 """Each model-aware method's settings on top of the benchmark's `[pipeline]` (product defaults but sizes)."""
 METHODS = ("random", "dsir", "topk_influence", "bandit_static", "domain_oracle", "influmix_no_bandit",
-           "influmix_no_group", "influmix_no_student", "influmix_no_tokens", "influmix")
+           "influmix_no_group", "influmix_no_student", "influmix_no_tokens", "influmix_tokens", "influmix_no_history",
+           "influmix")
 MODEL_AWARE = (*VARIANTS, "bandit_static")
 STATIC = ("random", "dsir", "domain_oracle")
 EMBED_FLOPS_PER_TOKEN = 2 * 10.6e6

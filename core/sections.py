@@ -268,13 +268,13 @@ class DistillSettings(_Section):
     ranking_weight: float = Field(0.0, ge=0)
     patience: int = Field(30, ge=1)
     features: Literal["embedding", "tokens"] = Field(
-        "tokens", description="what the influence model reads: the proxy's own tokens (ridge weights per token), or "
+        "embedding", description="what the influence model reads: the proxy's own tokens (ridge weights per token), or "
                               "the document embeddings (an MLP head, or the encoder fine-tuned)")
     reference_prior: float = Field(
         0.0, ge=0, description="token model only: weight of a DSIR-style prior (reference vs pool token log-ratio), "
                                "in units of the probes' spread")
     history_stages: int = Field(
-        0, ge=0, description="earlier stages whose training probes (z-scored per stage) join this stage's fit set")
+        3, ge=0, description="earlier stages whose training probes (z-scored per stage) join this stage's fit set")
 
 
 class SelectSettings(_Section):

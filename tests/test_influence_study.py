@@ -142,4 +142,4 @@ def test_every_registered_student_is_fitted_reloaded_and_timed(stages, real):
         assert encoder["flops_per_doc_at_max"] > 1e8  # MiniLM-L6: ~1.4 GFLOP at 64 tokens
     written = json.loads(Path(cfg.out).read_text())
     assert {"device", "versions", "command", "date", "summary"} <= set(written)
-    assert written["summary"]["pipeline_student"] == "tokens"  # the pipeline's default student (distill.features = "tokens")
+    assert written["summary"]["pipeline_student"] == "head"  # the pipeline's CPU default (distill.features = "embedding")

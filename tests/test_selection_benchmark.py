@@ -69,10 +69,10 @@ def test_tiny_selection_benchmark_writes_every_method_and_resumes(tmp_path: Path
     assert {name: again["methods"][name]["seeds"]["0"]["train_seconds"] for name in METHODS} == trained
 
     # Another influence model: only the methods that use it are selected and trained again.
-    head = selection.main([*args, "--set", 'pipeline.distill.features="embedding"'])
+    head = selection.main([*args, "--set", 'pipeline.distill.features="tokens"'])
     retrained = {n for n in METHODS if head["methods"][n]["seeds"]["0"]["train_seconds"] != trained[n]}
     assert retrained == {n for n in METHODS if n in MODEL_AWARE} == {"topk_influence", "bandit_static", "influmix"}
-    assert head["config"]["pipeline"]["distill"]["features"] == "embedding"
+    assert head["config"]["pipeline"]["distill"]["features"] == "tokens"
 
 
 def test_tokens_to_reach_interpolates_between_evaluations() -> None:

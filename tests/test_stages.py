@@ -140,7 +140,8 @@ def test_distillation_with_history_fits_on_earlier_stages_probes_too(run_copy):
     with db.connect(settings.database, read_only=True) as con:
         probes = store.stage_probes(con, run_id, 1)
         fit, val, _ = training_rows(probes, settings.distill.val_fraction, rng(settings.seed, "distill", 1))
-        assert with_history(con, settings, run_id, 1, fit, val) == (fit, val)  # history_stages = 0: untouched
+        settings.distill.history_stages = 0
+        assert with_history(con, settings, run_id, 1, fit, val) == (fit, val)  # no history: untouched
         settings.distill.history_stages = 1
         pooled_fit, pooled_val = with_history(con, settings, run_id, 1, fit, val)
         (earlier,) = con.execute("SELECT count(*) FROM probes WHERE run_id = ? AND stage = 0 AND split = 'train' "

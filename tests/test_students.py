@@ -99,7 +99,13 @@ import models
 assert not models.__file__.startswith(sys.argv[3]), models.__file__  # the wheel's, not the checkout's
 mlflow.set_tracking_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
-print(json.dumps([float(x) for x in model.predict(pd.DataFrame({"text": json.load(sys.stdin)}))]))
+inputs = json.load(sys.stdin)
+if isinstance(inputs[0], str):  # a student that reads text
+    inputs = pd.DataFrame({"text": inputs})
+else:  # the embedding head: the run's document embeddings
+    import numpy as np
+    inputs = np.asarray(inputs, dtype=np.float32)
+print(json.dumps([float(x) for x in model.predict(inputs)]))
 """
 
 
@@ -108,16 +114,16 @@ def test_the_registered_model_loads_in_a_fresh_environment_with_the_wheel(e2e_ru
 
     settings, result = e2e_run
     last = result.stages[-1].influence
-    assert last.student == "tokens"  # the default student: text in, score out
+    assert last.student == "head"  # the default student on a CPU: the run's embeddings in, scores out
     with db.connect(settings.database, read_only=True) as con:
-        doc_ids = [m.doc_id for m in store.documents_metadata(con, result.run_id)][:20]
-        texts = store.texts_of(con, result.run_id, doc_ids)
+        ids, vectors = store.load_embeddings(con, result.run_id)
         expected = store.stage_scores(con, result.run_id, last.stage)
+    doc_ids, inputs = ids[:20], vectors[:20].tolist()
     python = _fresh_environment(tmp_path)
     uri = f"models:/{settings.track.registered_model}@{settings.track.model_alias}"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run([str(python), "-c", SCORE_IN_FRESH_ENV, settings.mlflow_uri, uri, str(REPO)],
-                          input=json.dumps([texts[d] for d in doc_ids]), capture_output=True, text=True, cwd=tmp_path, env=env,
+                          input=json.dumps(inputs), capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     scores = json.loads(done.stdout.strip().splitlines()[-1])
