@@ -183,21 +183,21 @@ def test_oracle_pulls_load_in_pull_order(e2e_run):
             assert [m.value for m in sorted(curve, key=lambda m: m.step)] == spent
 
 
-def test_registered_model_scores_texts_as_the_run_did(e2e_run):
+def test_registered_model_scores_documents_as_the_run_did(e2e_run):
     import mlflow
-    import pandas as pd
 
+    from core import db, store
     from core.tracking import tracking_scope
 
     settings, result = e2e_run
-    assert result.stages[-1].influence.student == "tokens"  # the default student reads text
-    rows = query(settings, """SELECT d.text, s.score FROM pool_documents d JOIN influence_scores s USING (run_id, doc_id)
-                              WHERE run_id = ? AND s.stage = ? ORDER BY d.doc_id LIMIT 12""",
-                 [result.run_id, settings.stages - 1])
+    assert result.stages[-1].influence.student == "head"  # the CPU default reads the run's embeddings
+    with db.connect(settings.database, read_only=True) as con:
+        ids, vectors = store.load_embeddings(con, result.run_id)
+        expected = store.stage_scores(con, result.run_id, settings.stages - 1)
     with tracking_scope(settings.mlflow_uri):
         model = mlflow.pyfunc.load_model(f"models:/{settings.track.registered_model}@{settings.track.model_alias}")
-        scores = model.predict(pd.DataFrame({"text": [r[0] for r in rows]}))
-    np.testing.assert_allclose(scores, [r[1] for r in rows], rtol=1e-6)
+        scores = model.predict(vectors[:12])
+    np.testing.assert_allclose(scores, [expected[d] for d in ids[:12]], rtol=1e-5)
 
 
 def test_prefect_flow_run_completed_with_every_stage(e2e_run):
