@@ -214,8 +214,8 @@ def mixture_facts(settings: Settings, run_id: str, methods: dict[str, Any]) -> d
     (`mixture_quality`) to every method's entry."""
     with db.connect(settings.database, read_only=True) as con:
         meta = {r.doc_id: (r.domain, r.n_tokens) for r in store.documents_metadata(con, run_id)}
-        quality = {method: mixture_quality(stage_texts(con, run_id, entry["stages"]))
-                   for method, entry in methods.items()}
+        for entry in methods.values():
+            entry["mixture_quality"] = mixture_quality(stage_texts(con, run_id, entry["stages"]))
     for entry in methods.values():
         by_domain: dict[str, int] = defaultdict(int)
         for mixture in entry["stages"]:
@@ -225,6 +225,4 @@ def mixture_facts(settings: Settings, run_id: str, methods: dict[str, Any]) -> d
         entry["tokens_per_stage"] = [sum(meta[d][1] for d in mixture) for mixture in entry["stages"]]
         entry["documents_per_stage"] = [len(mixture) for mixture in entry["stages"]]
         entry["domain_token_shares"] = {d: n / total for d, n in sorted(by_domain.items())}
-    for method, entry in methods.items():
-        entry["mixture_quality"] = quality[method]
     return methods

@@ -23,15 +23,18 @@ from core import db
 
 def add_quality(results: dict, workdir: Path) -> int:
     """Fill `mixture_quality` for every method and seed whose mixture the work folder holds; returns how many."""
+    cached: dict[str, dict] = {}  # seed -> its selections.json's methods, read once
+    for seed in {s for method in results["methods"].values() for s in method["seeds"]}:
+        path = workdir / f"seed-{seed}" / "selections.json"
+        cached[seed] = json.loads(path.read_text())["methods"] if path.exists() else {}
     added = 0
     with db.connect(workdir / "runs" / "influmix.duckdb", read_only=True) as con:
         for name, method in results["methods"].items():
             for seed, run in method["seeds"].items():
-                cached = workdir / f"seed-{seed}" / "selections.json"
-                if "mixture_quality" in run["selection"] or not cached.exists():
+                entry = cached[seed].get(name)
+                if "mixture_quality" in run["selection"] or entry is None:
                     continue
-                entry = json.loads(cached.read_text())["methods"].get(name)
-                if entry is None or entry["tokens_per_stage"] != run["selection"]["tokens_per_stage"]:
+                if entry["tokens_per_stage"] != run["selection"]["tokens_per_stage"]:
                     continue  # not the mixture this result was measured on
                 run["selection"]["mixture_quality"] = mixture_quality(stage_texts(con, RUN_ID, entry["stages"]))
                 added += 1
