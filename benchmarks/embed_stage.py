@@ -71,7 +71,7 @@ def run_step(step: str, run_id: str, overrides: list[str], threads: int) -> dict
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from benchmarks.selection import device_and_versions
+    from benchmarks.provenance import device_and_versions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm-static")

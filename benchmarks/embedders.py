@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         os.environ.setdefault(key, value)
     import torch
 
-    from benchmarks.selection import device_and_versions
+    from benchmarks.provenance import device_and_versions
     from models.static_embedder import DistillSpec, distilled_folder
     from tasks.embed import load_embedder, model_folder
 

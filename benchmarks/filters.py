@@ -155,7 +155,7 @@ def fragment_shares(corpus: Path, thresholds: tuple[int, ...] = (10, 20, 30)) ->
 
 
 def versions() -> dict[str, str]:
-    from benchmarks.selection import device_and_versions
+    from benchmarks.provenance import device_and_versions
 
     device, found = device_and_versions("cpu")
     for name in ("datatrove", "py3langid", "langid", "lingua-language-detector", "regex"):

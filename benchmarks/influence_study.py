@@ -125,7 +125,7 @@ def run(cfg: StudyConfig, command: str, write: bool = True, data: StudyData | No
         os.environ.setdefault(key, value)
     import torch
 
-    from benchmarks.selection import device_and_versions
+    from benchmarks.provenance import device_and_versions
 
     torch.set_num_threads(cfg.threads)
     clock = time.perf_counter()

@@ -20,7 +20,7 @@ from benchmarks.influence_study_config import RUN_ID, StudentPlan, StudyConfig
 from benchmarks.influence_study_data import LabelBudget, Split, StudyData
 from core import db, store
 from core.config import Settings, apply_overrides, format_validation_error
-from models.influence import spearman
+from models.ranking import spearman
 from models.students import Student
 from tasks.distill import Probed, new_student, student_inputs, student_name
 

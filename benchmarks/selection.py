@@ -16,16 +16,13 @@ a run that stops is resumed by running the same command again (finished pairs ar
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 import tomllib
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks import SHARED_CORPUS
 from benchmarks import selection_report as report
-from benchmarks.selection_data import prepare, read_jsonl, visible_documents
+from benchmarks.provenance import device_and_versions, write_json
+from benchmarks.selection_data import prepare, read_jsonl
+from benchmarks.selection_pool import RUN_ID, dsir_for_pool, pipeline_settings, pool_texts, prepare_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"full": ROOT / "configs" / "selection.toml", "tiny": ROOT / "configs" / "selection_tiny.toml"}
-RUN_ID = "selection-pool"
 
 
 class _Strict(BaseModel):
@@ -87,62 +85,6 @@ def load_config(path: Path, overrides: list[str]) -> BenchConfig:
     return BenchConfig.model_validate(data)
 
 
-def pipeline_settings(cfg: BenchConfig, files, workdir: Path):
-    """The influmix settings of the benchmark's run: the config's `[pipeline]`, on the benchmark's data."""
-    from core.config import Settings
-
-    data = json.loads(json.dumps(cfg.pipeline))
-    data.update(run_dir=str(workdir / "runs"), run_id=RUN_ID)
-    data.setdefault("ingest", {})["sources"] = [{"path": str(files.path("pool"))}]
-    data.setdefault("reference", {}).update(sources=[{"path": str(files.path("reference_visible"))}],
-                                            max_documents=1_000_000)
-    data.setdefault("track", {})["tracking_uri"] = f"sqlite:///{(workdir / 'runs' / 'mlflow.db').resolve()}"
-    return Settings.model_validate(data)
-
-
-def prepare_pool(settings, workdir: Path, data_key: str):
-    """Ingest, load the visible reference and embed the pool, once per work folder, data files and settings."""
-    from benchmarks.selection_methods import EMBED_FLOPS_PER_TOKEN, Cost
-    from core import db, store
-    from core.artifacts import Embedded, Filtered, Ingested, ReferenceSet
-    from core.config import is_static_embed_name
-    from tasks.embed import embed_documents
-    from tasks.filter import filter_documents
-    from tasks.ingest import ingest_corpus, load_reference
-    from tasks.track import register_run
-
-    stamp = workdir / "pool.json"
-    key = data_key + settings.model_dump_json(include={"ingest", "reference", "filter", "embed"})
-    if stamp.exists() and json.loads(stamp.read_text())["key"] == key:
-        saved = json.loads(stamp.read_text())
-    else:
-        register_run(settings)
-        started = time.perf_counter()
-        ingested = ingest_corpus(settings, RUN_ID, progress=False)
-        reference = load_reference(settings, RUN_ID)
-        filtered = filter_documents(settings, ingested, progress=False)
-        ingest_s = time.perf_counter() - started
-        embedded = embed_documents(settings, filtered, progress=False)
-        with db.connect(settings.database, read_only=True) as con:
-            chars = [r.n_chars for r in store.documents_metadata(con, RUN_ID)]
-        # ~4 characters per MiniLM word piece, cut at the embedder's window; a static model only looks tokens up
-        tokens = 0.0 if is_static_embed_name(settings.embed.model) else sum(
-            min(c / 4, settings.embed.max_seq_length) for c in chars)
-        saved = {"key": key, "documents": ingested.documents, "ingest_seconds": ingest_s,
-                 "embed_seconds": embedded.seconds, "embed_docs_per_s": embedded.docs_per_s,
-                 "embed_flops": EMBED_FLOPS_PER_TOKEN * tokens,
-                 "filtered_documents": filtered.filtered,
-                 "artifacts": {"ingested": dataclasses.asdict(ingested), "reference": dataclasses.asdict(reference),
-                               "embedded": dataclasses.asdict(embedded), "filtered": dataclasses.asdict(filtered)}}
-        stamp.write_text(json.dumps(saved, indent=1))
-    cost = Cost()
-    cost.add("embed", saved["embed_seconds"], saved["embed_flops"])
-    artifacts = saved["artifacts"]
-    pool = (Ingested(**artifacts["ingested"]), ReferenceSet(**artifacts["reference"]), Embedded(**artifacts["embedded"]),
-            Filtered(**artifacts["filtered"]))
-    return cost, saved, pool
-
-
 def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost, pool, dsir_cache: dict,
                     methods: list[str]) -> dict:
     """The seed's mixtures for `methods` (cached per method in <workdir>/seed-N/, keyed by what the method
@@ -162,7 +104,7 @@ def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost,
     missing = [m for m in methods if saved["methods"].get(m, {}).get("key") != key(m)]
     if missing:
         if "dsir" in missing and "weights" not in dsir_cache:
-            dsir_cache["weights"] = _dsir(cfg, settings, files, workdir)
+            dsir_cache["weights"] = dsir_for_pool(cfg, settings, files, workdir)
         reference_domains = {r.get("domain") for r in read_jsonl(files.path("reference_visible"))}
         chosen = select_for_seed(settings, missing, dsir_cache.get("weights"), reference_domains, pool_cost, *pool)
         for method, entry in mixture_facts(settings, RUN_ID, chosen).items():
@@ -173,44 +115,6 @@ def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost,
             saved["dsir_implementation"] = dsir_cache["weights"].implementation
         cached.write_text(json.dumps(saved))
     return saved
-
-
-def _dsir(cfg: BenchConfig, settings, files, workdir: Path):
-    """DSIR's weights for the pool (seed-independent): fitted once per work folder, then read back."""
-    from benchmarks.selection_methods import DsirWeights, dsir_weights
-    from core import db, store
-
-    saved = workdir / "dsir_weights.json"
-    key = [json.loads((workdir / "pool.json").read_text())["key"], cfg.dsir.model_dump()]
-    if saved.exists() and (data := json.loads(saved.read_text()))["key"] == key:
-        return DsirWeights(**data["weights"])
-    with db.connect(settings.database, read_only=True) as con:
-        pool = [(d, t) for ids, texts in store.document_pages(con, RUN_ID, 5000) for d, t in zip(ids, texts)]
-    shutil.rmtree(workdir / "dsir", ignore_errors=True)
-    weights = dsir_weights(pool, visible_documents(files), workdir / "dsir", cfg.dsir.ngrams, cfg.dsir.num_buckets,
-                           cfg.dsir.min_example_length)
-    saved.write_text(json.dumps({"key": key, "weights": dataclasses.asdict(weights)}))
-    return weights
-
-
-def device_and_versions(eval_device: str) -> tuple[str, dict[str, str]]:
-    import torch
-
-    if eval_device.startswith("cuda"):
-        device = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    else:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor() or "unknown CPU")
-        device = f"CPU: {cpu}, {len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} torch threads"
-    names = ("torch", "transformers", "tokenizers", "numpy", "duckdb", "mlflow", "data-selection",
-             "sentence-transformers", "prefect")
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return device, {"python": platform.python_version(), **found}
 
 
 INFLUENCE_ONLY = ("probe", "distill", "cluster")
@@ -231,13 +135,6 @@ def method_view(comparable: dict[str, Any] | None, method: str) -> dict[str, Any
     pipeline["select"] = {k: v for k, v in pipeline.get("select", {}).items() if k in STATIC_SELECT}
     pipeline["proxy"] = {k: v for k, v in pipeline.get("proxy", {}).items() if k in TOKENIZER_KEYS}
     return {**comparable, "pipeline": pipeline}
-
-
-def _write(results: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=float))
-    tmp.replace(out)  # a reader (or a crash) never sees half a file
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -323,7 +220,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
         tokenizer = load_tokenizer(workdir / f"seed-{seed}" / "tokenizer.json")
         sets = build_eval_sets(tokenizer, heldout, pool_heldout, eval_cfg, seed)
         if not texts:
-            texts.update(_pool_texts(settings))
+            texts.update(pool_texts(settings))
         for method in todo:
             selection = chosen["methods"][method]
             stages = [_packed(tokenizer, [texts[d] for d in mixture], eval_cfg.seq_len) for mixture in selection["stages"]]
@@ -332,7 +229,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
             run_data["overhead"] = report.overhead(run_data)
             results["methods"][method]["seeds"][str(seed)] = run_data
             report.summarise(results)
-            _write(results, out)
+            write_json(results, out)
             print(f"[{time.perf_counter() - clock:.0f} s] seed {seed} {method}: held-out reference loss {run_data['final']['heldout_reference_loss']:.4f}, "
                   f"cloze {run_data['final']['cloze_accuracy']:.3f}, {run_data['tokens_per_s']:.0f} tokens/s", flush=True)
         if seed != cfg.seeds[-1]:  # the last seed's runs are logged below, with the plot and the table
@@ -344,16 +241,9 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     results["artifacts"] = {"plot": plot_path.name, "table": table_path.name}
     results["mlflow"] = {"tracking_uri": tracking_uri, "experiment": cfg.experiment,
                          "runs": report.log_mlflow(results, tracking_uri, cfg.experiment, [plot_path, table_path])}
-    _write(results, out)
+    write_json(results, out)
     print(table_path.read_text())
     return results
-
-
-def _pool_texts(settings) -> dict[str, str]:
-    from core import db, store
-
-    with db.connect(settings.database, read_only=True) as con:
-        return {d: t for ids, page in store.document_pages(con, RUN_ID, 5000) for d, t in zip(ids, page)}
 
 
 def _packed(tokenizer, texts: list[str], seq_len: int):

@@ -16,8 +16,9 @@ import json
 from pathlib import Path
 
 from benchmarks import selection_report as report
-from benchmarks.selection import RUN_ID, _write
+from benchmarks.provenance import write_json
 from benchmarks.selection_methods import mixture_quality, stage_texts
+from benchmarks.selection_pool import RUN_ID
 from core import db
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(args.results.read_text())
     added = add_quality(results, args.workdir.resolve())
     report.summarise(results)
-    _write(results, args.results)
+    write_json(results, args.results)
     args.results.with_suffix(".md").write_text(report.table(results))
     print(f"{added} mixtures measured")
     print(report.table(results))

@@ -32,7 +32,7 @@ import torch
 
 from benchmarks import SHARED_CORPUS
 from benchmarks import signal_methods as sm
-from benchmarks.selection import device_and_versions
+from benchmarks.provenance import device_and_versions
 from benchmarks.selection_data import prepare, read_jsonl, visible_documents
 from benchmarks.selection_eval import EvalConfig, build_eval_sets, tokens_to_reach, train_and_evaluate
 from benchmarks.signal_data import load_pool, mixture_facts, reference_halves, spread_rows, write_json

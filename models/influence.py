@@ -21,7 +21,6 @@ Persistence is pickle-free: safetensors for weights, JSON for dimensions, target
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 from collections.abc import Iterator
@@ -33,8 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from scipy.stats import pearsonr, spearmanr
 from torch import nn
+
+from models.ranking import EarlyStopper, influence_loss, pearson, spearman
 
 HEAD_WEIGHTS = "influence_head.safetensors"
 HEAD_META = "influence_head.json"
@@ -139,77 +139,6 @@ class InfluenceHead(nn.Module):
 # ----------------------------------------------------------------------------------------------- metrics
 
 
-def _safe_corr(fn: Any, a: np.ndarray, b: np.ndarray) -> float:
-    """Correlation, or 0.0 when undefined (fewer than 2 points or a constant side gives nan)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    r = float(fn(a, b)[0])
-    return r if math.isfinite(r) else 0.0
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return _safe_corr(spearmanr, a, b)
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    return _safe_corr(pearsonr, a, b)
-
-
-def _ranking_loss(pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Pairwise logistic loss over random pairs in the batch: softplus(-sign(y_i - y_j) * (p_i - p_j)).
-
-    Why: selection only uses the ordering, and MSE alone spends capacity on outliers' magnitudes.
-    """
-    if pred.numel() < 2:
-        return pred.sum() * 0.0
-    perm = torch.randperm(pred.numel(), generator=generator).to(pred.device)
-    sign = torch.sign(target - target[perm])
-    mask = sign != 0
-    if not bool(mask.any()):
-        return pred.sum() * 0.0
-    margin = sign[mask] * (pred - pred[perm])[mask]
-    return F.softplus(-margin).mean()
-
-
-def influence_loss(
-    pred: torch.Tensor, target: torch.Tensor, cfg: InfluenceConfig, gen: torch.Generator
-) -> torch.Tensor:
-    loss = F.mse_loss(pred, target)
-    if cfg.ranking_weight > 0:
-        loss = loss + cfg.ranking_weight * _ranking_loss(pred, target, gen)
-    return loss
-
-
-class EarlyStopper:
-    """Tracks the best validation score; higher Spearman wins, an equal Spearman is broken by lower loss.
-
-    The loss tie-break is what makes degenerate validation work: constant predictions give Spearman 0
-    every epoch, and the checkpoint with the lowest validation loss is kept instead of the first one.
-    """
-
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
-        self.best_score = -math.inf
-        self.best_loss = math.inf
-        self.best_epoch = -1
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.bad_epochs = 0
-
-    def step(self, epoch: int, score: float, loss: float, module: nn.Module) -> bool:
-        """Record one epoch; return True when training should stop."""
-        better = score > self.best_score + 1e-9 or (
-            abs(score - self.best_score) <= 1e-9 and loss < self.best_loss
-        )
-        if better:
-            self.best_score, self.best_loss, self.best_epoch = score, loss, epoch
-            self.best_state = copy.deepcopy(module.state_dict())
-            self.bad_epochs = 0
-        else:
-            self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
-
-
 @contextlib.contextmanager
 def _single_thread() -> Iterator[None]:
     """Run the tiny head on one intra-op thread, then restore the caller's setting.
@@ -279,7 +208,7 @@ def train_influence_head(
             total, seen = 0.0, 0
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                loss = influence_loss(head(xt[idx]), zt[idx], cfg, gen)
+                loss = influence_loss(head(xt[idx]), zt[idx], cfg.ranking_weight, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -16,16 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.influence import (
-    EarlyStopper,
-    InfluenceConfig,
-    InfluenceHead,
-    InfluenceReport,
-    influence_loss,
-    load_head,
-    save_head,
-    spearman,
-)
+from models.influence import InfluenceConfig, InfluenceHead, InfluenceReport, load_head, save_head
+from models.ranking import EarlyStopper, influence_loss, spearman
 
 if TYPE_CHECKING:  # sentence-transformers is heavy to import; loaded by the caller that owns the encoder.
     from sentence_transformers import SentenceTransformer
@@ -144,7 +136,7 @@ def train_influence_model(
             total = 0.0
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                loss = influence_loss(model([texts_train[i] for i in idx]), zt[idx], cfg, gen)
+                loss = influence_loss(model([texts_train[i] for i in idx]), zt[idx], cfg.ranking_weight, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

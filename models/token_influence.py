@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from scipy import sparse
 from torch import nn
 
-from models.influence import spearman
+from models.ranking import spearman
 
 TOKEN_WEIGHTS = "token_influence.safetensors"
 TOKEN_META = "token_influence.json"

@@ -28,8 +28,8 @@ from core.faults import failpoint
 from core.seeds import rng
 from core.store import ProbeRow
 from models.embedder import load_sentence_encoder
-from models.influence import pearson, spearman
 from models.proxy_lm import probe_inputs
+from models.ranking import pearson, spearman
 from models.students import Student, StudentInputs, load_student, make_student
 from models.token_influence import log_frequency_ratio
 from models.tokenizer import load_tokenizer

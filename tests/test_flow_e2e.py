@@ -183,6 +183,23 @@ def test_oracle_pulls_load_in_pull_order(e2e_run):
             assert [m.value for m in sorted(curve, key=lambda m: m.step)] == spent
 
 
+def test_each_arm_gets_one_group_reward_in_the_warm_up(e2e_run):
+    """The probe stage's group path, end to end: every arm's warm-up pull carries its rollout reward (the tiny
+    config's arms hold far more than a rollout's tokens), no later pull measures a group again, and the stage's
+    summary counts them."""
+    from core import db, store
+
+    settings, result = e2e_run
+    with db.connect(settings.database, read_only=True) as con:
+        for stage in range(settings.stages):
+            pulls = store.oracle_pulls(con, result.run_id, stage)
+            warm_up, later = pulls[:settings.cluster.k], pulls[settings.cluster.k:]
+            assert all(p.group_reward is not None and np.isfinite(p.group_reward) for p in warm_up), warm_up
+            assert len({p.group_reward for p in warm_up}) > 1  # measured per arm, not one constant
+            assert all(p.group_reward is None for p in later)
+            assert result.stages[stage].probes.group_rewards == settings.cluster.k
+
+
 def test_registered_model_scores_documents_as_the_run_did(e2e_run):
     import mlflow
 

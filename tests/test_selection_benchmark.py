@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import selection
+from benchmarks import selection, selection_merge
 from benchmarks.selection_eval import tokens_to_reach
 from benchmarks.selection_methods import MODEL_AWARE
 
@@ -73,6 +73,20 @@ def test_tiny_selection_benchmark_writes_every_method_and_resumes(tmp_path: Path
     retrained = {n for n in METHODS if head["methods"][n]["seeds"]["0"]["train_seconds"] != trained[n]}
     assert retrained == {n for n in METHODS if n in MODEL_AWARE} == {"topk_influence", "bandit_static", "influmix"}
     assert head["config"]["pipeline"]["distill"]["features"] == "tokens"
+
+    # Work folders of one configuration merge seed by seed; a method from another configuration is refused.
+    first, second, merged_out = tmp_path / "first.json", tmp_path / "second.json", tmp_path / "merged.json"
+    first.write_text(json.dumps(result))
+    moved = json.loads(json.dumps(result))
+    for entry in moved["methods"].values():
+        entry["comparable"]["workdir"] = "/another/work/folder"
+        entry["seeds"] = {"1": entry["seeds"]["0"]}
+    second.write_text(json.dumps(moved))
+    merged = selection_merge.main([str(merged_out), str(first), f"{second}:random,influmix"])
+    assert merged["methods"]["influmix"]["seeds_done"] == [0, 1] and merged["methods"]["dsir"]["seeds_done"] == [0]
+    assert "| influmix |" in merged_out.with_suffix(".md").read_text() and len(merged["merged_from"]) == 2
+    with pytest.raises(SystemExit, match="distill.features"):
+        selection_merge.merge([(first, ["influmix"]), (out, ["influmix"])])
 
 
 def test_tokens_to_reach_interpolates_between_evaluations() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from models.influence import spearman
+from models.ranking import spearman
 from models.token_influence import (
     TOKENIZER_FILE,
     fit_token_influence,
