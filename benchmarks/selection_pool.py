@@ -10,18 +10,15 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from benchmarks.selection_data import visible_documents
-
-if TYPE_CHECKING:
-    from benchmarks.selection import BenchConfig
 
 RUN_ID = "selection-pool"
 
 
-def pipeline_settings(cfg: BenchConfig, files, workdir: Path):
-    """The influmix settings of the benchmark's run: the config's `[pipeline]`, on the benchmark's data."""
+def pipeline_settings(cfg, files, workdir: Path):
+    """The influmix settings of the benchmark's run: the config's `[pipeline]`, on the benchmark's data.
+    (`cfg` is a benchmarks.selection.BenchConfig; not imported here, which would make an import cycle.)"""
     from core.config import Settings
 
     data = json.loads(json.dumps(cfg.pipeline))
@@ -76,7 +73,7 @@ def prepare_pool(settings, workdir: Path, data_key: str):
     return cost, saved, pool
 
 
-def dsir_for_pool(cfg: BenchConfig, settings, files, workdir: Path):
+def dsir_for_pool(cfg, settings, files, workdir: Path):
     """DSIR's weights for the pool (seed-independent): fitted once per work folder, then read back."""
     from benchmarks.selection_methods import DsirWeights, dsir_weights
     from core import db, store
