@@ -43,9 +43,8 @@ def prepare_pool(settings, workdir: Path, data_key: str):
 
     stamp = workdir / "pool.json"
     key = data_key + settings.model_dump_json(include={"ingest", "reference", "filter", "embed"})
-    if stamp.exists() and json.loads(stamp.read_text())["key"] == key:
-        saved = json.loads(stamp.read_text())
-    else:
+    saved = json.loads(stamp.read_text()) if stamp.exists() else None
+    if saved is None or saved["key"] != key:
         register_run(settings)
         started = time.perf_counter()
         ingested = ingest_corpus(settings, RUN_ID, progress=False)
@@ -76,14 +75,12 @@ def prepare_pool(settings, workdir: Path, data_key: str):
 def dsir_for_pool(cfg, settings, files, workdir: Path):
     """DSIR's weights for the pool (seed-independent): fitted once per work folder, then read back."""
     from benchmarks.selection_methods import DsirWeights, dsir_weights
-    from core import db, store
 
     saved = workdir / "dsir_weights.json"
     key = [json.loads((workdir / "pool.json").read_text())["key"], cfg.dsir.model_dump()]
     if saved.exists() and (data := json.loads(saved.read_text()))["key"] == key:
         return DsirWeights(**data["weights"])
-    with db.connect(settings.database, read_only=True) as con:
-        pool = [(d, t) for ids, texts in store.document_pages(con, RUN_ID, 5000) for d, t in zip(ids, texts)]
+    pool = list(pool_texts(settings).items())
     shutil.rmtree(workdir / "dsir", ignore_errors=True)
     weights = dsir_weights(pool, visible_documents(files), workdir / "dsir", cfg.dsir.ngrams, cfg.dsir.num_buckets,
                            cfg.dsir.min_example_length)
@@ -92,6 +89,7 @@ def dsir_for_pool(cfg, settings, files, workdir: Path):
 
 
 def pool_texts(settings) -> dict[str, str]:
+    """Every pool document's text by id, in the store's page order."""
     from core import db, store
 
     with db.connect(settings.database, read_only=True) as con:

@@ -14,7 +14,6 @@ source (`wikivital-fr`, `wikivital-es`), which the heuristic should find.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -167,10 +166,3 @@ def mixture_facts(pool: Pool, stages: list[list[int]]) -> dict[str, Any]:
     return {"documents": len(docs), "tokens": int(tokens.sum()), "tokens_per_stage":
             [int(pool.tokens[np.array(s, dtype=np.int64)].sum()) for s in stages],
             "domain_token_shares": shares, **flags}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(path)

@@ -32,10 +32,10 @@ import torch
 
 from benchmarks import SHARED_CORPUS
 from benchmarks import signal_methods as sm
-from benchmarks.provenance import device_and_versions
+from benchmarks.provenance import device_and_versions, write_json
 from benchmarks.selection_data import prepare, read_jsonl, visible_documents
 from benchmarks.selection_eval import EvalConfig, build_eval_sets, tokens_to_reach, train_and_evaluate
-from benchmarks.signal_data import load_pool, mixture_facts, reference_halves, spread_rows, write_json
+from benchmarks.signal_data import load_pool, mixture_facts, reference_halves, spread_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = {"preset": "tiny", "model": {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 3,
@@ -130,7 +130,7 @@ class SeedRun:
             if not path.exists():
                 weights = dsir_weights(list(zip(self.pool.ids, self.pool.texts)), visible_documents(self.files),
                                        self.workdir / "dsir", 2, 10_000, 100)
-                write_json(path, dataclasses.asdict(weights))
+                write_json(dataclasses.asdict(weights), path)
             w = json.loads(path.read_text())
             self._cache["dsir"] = (np.array([w["log_weight"][d] for d in self.pool.ids]),
                                    np.array([w["keep"][d] for d in self.pool.ids]), w["seconds"], w["implementation"])
@@ -159,7 +159,7 @@ class SeedRun:
             stages, seconds = self.static(method), {}
         seconds["select_total"] = time.perf_counter() - started
         out = {"stages": stages, "facts": facts, "seconds": seconds}
-        write_json(path, out)
+        write_json(out, path)
         return out
 
     def static(self, method: str) -> list[list[int]]:
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
                 if method.startswith("color") and "color" not in entry["setup"]:
                     entry["setup"]["color"] = {k: v for k, v in run.color().items() if k in ("seconds", "traces")}
                 results["summary"] = summarise(results)
-                write_json(out, results)
+                write_json(results, out)
                 print(f"[{time.perf_counter() - clock:.0f} s] seed {seed} {method}: "
                       f"{entry['selection'][method]['final']['heldout_reference_loss']:.4f}", flush=True)
         if "group" in args.parts:
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
                 if str(stage) in entry.setdefault("group", {}):
                     continue
                 entry["group"][str(stage)] = group_stage(run, stage)
-                write_json(out, results)
+                write_json(results, out)
                 print(f"[{time.perf_counter() - clock:.0f} s] seed {seed} group stage {stage}: "
                       f"{entry['group'][str(stage)]['test_retest']}", flush=True)
 

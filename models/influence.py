@@ -136,9 +136,6 @@ class InfluenceHead(nn.Module):
         return np.asarray(z, dtype=np.float64) * float(self.target_std) + float(self.target_mean)
 
 
-# ----------------------------------------------------------------------------------------------- metrics
-
-
 @contextlib.contextmanager
 def _single_thread() -> Iterator[None]:
     """Run the tiny head on one intra-op thread, then restore the caller's setting.
