@@ -85,30 +85,33 @@ def load_config(path: Path, overrides: list[str]) -> BenchConfig:
     return BenchConfig.model_validate(data)
 
 
+def selection_key(cfg: BenchConfig, settings, method: str) -> dict[str, Any]:
+    """What a method's cached mixture (`seed-N/selections.json`) depends on: it is reused only while this holds."""
+    from benchmarks.selection_methods import VARIANTS
+
+    pipeline = {"pipeline": settings.model_dump(mode="json", exclude={"run_id", "runner", "serve"}),
+                "dsir": cfg.dsir.model_dump(), "data": cfg.data.model_dump()}
+    return {**method_view(pipeline, method), "overrides": VARIANTS.get(method, [])}
+
+
 def seed_selections(cfg: BenchConfig, settings, files, workdir: Path, pool_cost, pool, dsir_cache: dict,
                     methods: list[str]) -> dict:
     """The seed's mixtures for `methods` (cached per method in <workdir>/seed-N/, keyed by what the method
     reads), and its tokenizer."""
-    from benchmarks.selection_methods import VARIANTS, mixture_facts, select_for_seed
+    from benchmarks.selection_methods import mixture_facts, select_for_seed
 
     folder = workdir / f"seed-{settings.seed}"
     cached = folder / "selections.json"
     saved = json.loads(cached.read_text()) if cached.exists() and (folder / "tokenizer.json").exists() else {}
     saved.setdefault("methods", {})
-    pipeline = {"pipeline": settings.model_dump(mode="json", exclude={"run_id", "runner", "serve"}),
-                "dsir": cfg.dsir.model_dump(), "data": cfg.data.model_dump()}
-
-    def key(method: str) -> dict:
-        return {**method_view(pipeline, method), "overrides": VARIANTS.get(method, [])}
-
-    missing = [m for m in methods if saved["methods"].get(m, {}).get("key") != key(m)]
+    missing = [m for m in methods if saved["methods"].get(m, {}).get("key") != selection_key(cfg, settings, m)]
     if missing:
         if "dsir" in missing and "weights" not in dsir_cache:
             dsir_cache["weights"] = dsir_for_pool(cfg, settings, files, workdir)
         reference_domains = {r.get("domain") for r in read_jsonl(files.path("reference_visible"))}
         chosen = select_for_seed(settings, missing, dsir_cache.get("weights"), reference_domains, pool_cost, *pool)
         for method, entry in mixture_facts(settings, RUN_ID, chosen).items():
-            saved["methods"][method] = {**entry, "key": key(method)}
+            saved["methods"][method] = {**entry, "key": selection_key(cfg, settings, method)}
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(settings.stage_dir(RUN_ID) / "tokenizer.json", folder / "tokenizer.json")
         if "weights" in dsir_cache:

@@ -45,6 +45,15 @@ def _differences(a: dict[str, Any] | None, b: dict[str, Any] | None, prefix: str
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _sources(path: Path, results: dict[str, Any], methods: list[str]) -> list[dict[str, Any]]:
+    """Where `methods` of an input came from: the input itself, or for a merged file the inputs it lists
+    (restricted to `methods`), so merging a merged file again keeps every command."""
+    if "merged_from" not in results:
+        return [{"file": str(path), "methods": methods, "command": results.get("command"), "date": results.get("date")}]
+    return [{**source, "methods": kept} for source in results["merged_from"]
+            if (kept := [m for m in source["methods"] if m in methods])]
+
+
 def merge(inputs: list[tuple[Path, list[str] | None]]) -> dict[str, Any]:
     """The merged results: each input's chosen methods, seed by seed, checked to be one configuration."""
     merged: dict[str, Any] = {"methods": {}, "merged_from": []}
@@ -66,8 +75,7 @@ def merge(inputs: list[tuple[Path, list[str] | None]]) -> dict[str, Any]:
             target["seeds"].update(entry["seeds"])
         merged.update({k: results[k] for k in ("device", "versions", "config", "comparable", "pool",
                                                "dsir_implementation") if k in results})
-        merged["merged_from"].append({"file": str(path), "methods": methods, "command": results.get("command"),
-                                      "date": results.get("date")})
+        merged["merged_from"].extend(_sources(path, results, methods))
     merged["methods"] = {m: merged["methods"][m] for m in sorted(merged["methods"], key=METHODS.index)}
     merged["command"] = "; ".join(dict.fromkeys(s["command"] for s in merged["merged_from"] if s["command"]))
     merged["date"] = datetime.now(UTC).isoformat(timespec="seconds")

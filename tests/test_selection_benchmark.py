@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import selection, selection_merge
+from benchmarks import selection, selection_coverage, selection_merge
 from benchmarks.selection_eval import tokens_to_reach
 from benchmarks.selection_methods import MODEL_AWARE
 
@@ -85,8 +85,34 @@ def test_tiny_selection_benchmark_writes_every_method_and_resumes(tmp_path: Path
     merged = selection_merge.main([str(merged_out), str(first), f"{second}:random,influmix"])
     assert merged["methods"]["influmix"]["seeds_done"] == [0, 1] and merged["methods"]["dsir"]["seeds_done"] == [0]
     assert "| influmix |" in merged_out.with_suffix(".md").read_text() and len(merged["merged_from"]) == 2
+    again = selection_merge.merge([(merged_out, ["influmix"])])  # a merged file keeps its sources' commands
+    assert [s["methods"] for s in again["merged_from"]] == [["influmix"], ["influmix"]]
     with pytest.raises(SystemExit, match="distill.features"):
         selection_merge.merge([(first, ["influmix"]), (out, ["influmix"])])
+
+    # The guard's price: influmix's mixtures with half of each stage from the pool as it is, against random.
+    guarded_out = tmp_path / "coverage.json"
+    coverage_args = ["--tiny", "--workdir", str(tmp_path / "work"), "--baseline", str(out), "--out", str(guarded_out)]
+    with pytest.raises(SystemExit, match="no influmix mixture of this configuration"):  # the cache holds the tokens run's
+        selection_coverage.main(coverage_args)
+    guarded = selection_coverage.main([*coverage_args, "--shares", "0,0.5", "--set", 'pipeline.distill.features="tokens"'])
+    assert set(guarded["runs"]["influmix"]["0"]) == {"0.00", "0.50"}
+    assert guarded["summary"]["influmix"]["0.50"]["seeds"] == 1
+    assert set(guarded["runs"]["influmix"]["0"]["0.50"]["domain_excess"]) == set(result["methods"]["random"]["pool_domain_loss"])
+    assert guarded_out.with_suffix(".png").stat().st_size > 0 and "| 0.50 |" in guarded_out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="another configuration"):
+        selection_coverage.main([*coverage_args, "--set", "eval.lr=0.123"])
+
+
+def test_guarded_stages_keep_the_head_of_each_mixture_and_fill_from_unselected_documents() -> None:
+    stages = [["a1", "a2", "a3", "a4"], ["b1", "b2", "b3", "b4"]]
+    tokens = {d: 10 for d in [*stages[0], *stages[1], "u1", "u2", "u3", "u4", "u5"]}
+    uniform = ["b2", "u1", "a4", "u2", "u3", "u4", "u5"]
+    assert selection_coverage.guarded_stages(stages, tokens, 40, 0.0, uniform) == stages
+    assert selection_coverage.guarded_stages(stages, tokens, 40, 0.5, uniform) == [["a1", "a2", "u1", "u2"],
+                                                                                   ["b1", "b2", "u3", "u4"]]
+    # A pool too small to fill the share leaves the stage short rather than repeating a document.
+    assert selection_coverage.guarded_stages(stages, tokens, 40, 0.75, uniform)[1] == ["b1", "u4", "u5"]
 
 
 def test_tokens_to_reach_interpolates_between_evaluations() -> None:
