@@ -85,6 +85,23 @@ def load_config(path: Path, overrides: list[str]) -> BenchConfig:
     return BenchConfig.model_validate(data)
 
 
+def data_files(cfg: BenchConfig, workdir: Path):
+    """The benchmark's data files in `workdir`/data (split once, then read back): pool, reference halves."""
+    return prepare(Path(cfg.corpus), Path(cfg.reference), workdir / "data", cfg.data.heldout_fraction,
+                   cfg.data.split_seed, cfg.data.pool_heldout_per_domain, cfg.data.pool_max_records,
+                   cfg.data.passage_words, cfg.data.target_domain, cfg.data.target_documents)
+
+
+def comparable_config(cfg: BenchConfig) -> dict[str, Any]:
+    """The configuration a result belongs to: everything but which seeds and methods ran and where it is written."""
+    return cfg.model_dump(mode="json", exclude={"seeds", "methods", "out", "tracking_uri"})
+
+
+def evaluator_steps(token_budget: int, eval_cfg) -> int:
+    """Evaluator steps per stage: one stage's token budget in the evaluator's batches."""
+    return max(1, round(token_budget / (eval_cfg.batch_size * eval_cfg.seq_len)))
+
+
 def selection_key(cfg: BenchConfig, settings, method: str) -> dict[str, Any]:
     """What a method's cached mixture (`seed-N/selections.json`) depends on: it is reused only while this holds."""
     from benchmarks.selection_methods import VARIANTS
@@ -174,6 +191,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     from benchmarks.selection_eval import EvalConfig, build_eval_sets, train_and_evaluate
     from benchmarks.selection_methods import METHODS
     from models.tokenizer import load_tokenizer
+    from models.trainer import resolve_device
 
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
@@ -182,13 +200,10 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     clock = time.perf_counter()
     eval_cfg = EvalConfig(**cfg.eval)
     workdir, out = Path(cfg.workdir).resolve(), Path(cfg.out)
-    files = prepare(Path(cfg.corpus), Path(cfg.reference), workdir / "data", cfg.data.heldout_fraction,
-                    cfg.data.split_seed, cfg.data.pool_heldout_per_domain, cfg.data.pool_max_records,
-                    cfg.data.passage_words, cfg.data.target_domain, cfg.data.target_documents)
+    files = data_files(cfg, workdir)
     settings = pipeline_settings(cfg, files, workdir)
-    device, versions = device_and_versions(eval_cfg.device if eval_cfg.device != "auto" else
-                                           ("cuda" if torch.cuda.is_available() else "cpu"))
-    comparable = cfg.model_dump(mode="json", exclude={"seeds", "methods", "out", "tracking_uri"})
+    device, versions = device_and_versions(resolve_device(eval_cfg.device))
+    comparable = comparable_config(cfg)
     config = {**cfg.model_dump(mode="json"), "token_budget": settings.select.token_budget, "stages": settings.stages}
     results = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("methods", {})
@@ -207,8 +222,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     results["pool"] = {k: v for k, v in pool_facts.items() if k not in ("key", "artifacts")}
     heldout = list(read_jsonl(files.path("reference_heldout")))
     pool_heldout = list(read_jsonl(files.path("pool_heldout")))
-    tokens_per_step = eval_cfg.batch_size * eval_cfg.seq_len
-    steps_per_stage = max(1, round(settings.select.token_budget / tokens_per_step))
+    steps_per_stage = evaluator_steps(settings.select.token_budget, eval_cfg)
     texts: dict[str, str] = {}
     dsir_cache: dict = {}
     tracking_uri = cfg.tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"

@@ -36,7 +36,15 @@ from typing import Any
 import numpy as np
 
 from benchmarks.provenance import device_and_versions, write_json
-from benchmarks.selection import CONFIGS, _packed, load_config, selection_key
+from benchmarks.selection import (
+    CONFIGS,
+    _packed,
+    comparable_config,
+    data_files,
+    evaluator_steps,
+    load_config,
+    selection_key,
+)
 from benchmarks.selection_merge import PER_FOLDER, _differences, _view
 from benchmarks.selection_report import _pm, _stats
 
@@ -146,28 +154,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     import torch
 
-    from benchmarks.selection_data import prepare, read_jsonl
+    from benchmarks.selection_data import read_jsonl
     from benchmarks.selection_eval import EvalConfig, build_eval_sets, train_and_evaluate
     from benchmarks.selection_pool import pipeline_settings, pool_texts
     from core.seeds import rng
     from models.tokenizer import count_tokens, load_tokenizer
+    from models.trainer import resolve_device
 
     workdir = args.workdir.resolve()
     cfg = load_config(CONFIGS["tiny"] if args.tiny else args.config, [*args.overrides, f'workdir="{workdir}"'])
     baseline = json.loads(args.baseline.read_text())
-    comparable = cfg.model_dump(mode="json", exclude={"seeds", "methods", "out", "tracking_uri", *PER_FOLDER})
+    comparable = {k: v for k, v in comparable_config(cfg).items() if k not in PER_FOLDER}
     differ = _differences(_view({"comparable": comparable}, {}, "random"), _view(baseline["methods"]["random"], baseline, "random"))
     if differ:
         raise SystemExit(f"{args.baseline} is another configuration (differs in {', '.join(differ)})")
     torch.set_num_threads(cfg.threads)
     eval_cfg = EvalConfig(**cfg.eval)
-    files = prepare(Path(cfg.corpus), Path(cfg.reference), workdir / "data", cfg.data.heldout_fraction,
-                    cfg.data.split_seed, cfg.data.pool_heldout_per_domain, cfg.data.pool_max_records,
-                    cfg.data.passage_words, cfg.data.target_domain, cfg.data.target_documents)
+    files = data_files(cfg, workdir)
     settings = pipeline_settings(cfg, files, workdir)
     budget = settings.select.token_budget
-    steps = max(1, round(budget / (eval_cfg.batch_size * eval_cfg.seq_len)))
-    device, versions = device_and_versions("cpu" if not torch.cuda.is_available() else "cuda")
+    steps = evaluator_steps(budget, eval_cfg)
+    device, versions = device_and_versions(resolve_device(eval_cfg.device))
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     if results and results.get("comparable") != comparable:
         results = {}  # another configuration's: start over
@@ -179,12 +186,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                             for m in ("random", "dsir", "domain_oracle") if m in baseline["methods"]}
     texts = pool_texts(settings)
     heldout, pool_heldout = list(read_jsonl(files.path("reference_heldout"))), list(read_jsonl(files.path("pool_heldout")))
+    ids = sorted(texts)
     for seed in (int(s) for s in args.seeds.split(",")):
         folder = workdir / f"seed-{seed}"
         cached = json.loads((folder / "selections.json").read_text())["methods"]
         tokenizer = load_tokenizer(folder / "tokenizer.json")
         sets = build_eval_sets(tokenizer, heldout, pool_heldout, eval_cfg, seed)
-        ids = sorted(texts)
         uniform = [ids[i] for i in rng(seed, "benchmark", method=UNIFORM_STREAM).permutation(len(ids))]
         tokens = dict(zip(ids, (n + 1 for n in count_tokens(tokenizer, [texts[d] for d in ids]))))  # + EOS
         random = baseline["methods"]["random"]["seeds"][str(seed)]
