@@ -102,12 +102,21 @@ def evaluator_steps(token_budget: int, eval_cfg) -> int:
     return max(1, round(token_budget / (eval_cfg.batch_size * eval_cfg.seq_len)))
 
 
+NEUTRAL_NEW_OPTIONS = {("select", "coverage_share"): 0.0}
+"""Settings added after mixtures were cached, with the value that does what the code did before they existed.
+At that value they are left out of the cache key: a new option that changes nothing must not orphan every
+cached mixture (hours of CPU per seed). Set to anything else, it is in the key like any other setting."""
+
+
 def selection_key(cfg: BenchConfig, settings, method: str) -> dict[str, Any]:
     """What a method's cached mixture (`seed-N/selections.json`) depends on: it is reused only while this holds."""
     from benchmarks.selection_methods import VARIANTS
 
-    pipeline = {"pipeline": settings.model_dump(mode="json", exclude={"run_id", "runner", "serve"}),
-                "dsir": cfg.dsir.model_dump(), "data": cfg.data.model_dump()}
+    dump = settings.model_dump(mode="json", exclude={"run_id", "runner", "serve"})
+    for (section, option), neutral in NEUTRAL_NEW_OPTIONS.items():
+        if dump[section][option] == neutral:
+            del dump[section][option]
+    pipeline = {"pipeline": dump, "dsir": cfg.dsir.model_dump(), "data": cfg.data.model_dump()}
     return {**method_view(pipeline, method), "overrides": VARIANTS.get(method, [])}
 
 
@@ -240,7 +249,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
             texts.update(pool_texts(settings))
         for method in todo:
             selection = chosen["methods"][method]
-            stages = [_packed(tokenizer, [texts[d] for d in mixture], eval_cfg.seq_len) for mixture in selection["stages"]]
+            stages = [packed_rows(tokenizer, [texts[d] for d in mixture], eval_cfg.seq_len) for mixture in selection["stages"]]
             run_data = train_and_evaluate(stages, tokenizer.get_vocab_size(), sets, eval_cfg, seed, steps_per_stage)
             run_data["selection"] = {k: v for k, v in selection.items() if k not in ("stages", "key")}
             run_data["overhead"] = report.overhead(run_data)
@@ -263,7 +272,8 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     return results
 
 
-def _packed(tokenizer, texts: list[str], seq_len: int):
+def packed_rows(tokenizer, texts: list[str], seq_len: int):
+    """A mixture's documents as the evaluator's training rows (EOS-joined, packed to `seq_len`)."""
     from models.proxy_lm import pack_sequences
     from models.tokenizer import EOS_TOKEN, encode_documents
 

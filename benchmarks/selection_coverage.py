@@ -19,6 +19,12 @@ same configuration (checked).
         --set threads=1 --set pipeline.select.token_budget=65536 --set pipeline.proxy.steps_per_stage=32 \
         --set 'data.target_domain="speech"'
 
+`--guard arms` measures the product's arm floors instead (`select.coverage_share`, models/coverage.py): every
+cluster of the seed's clustering gets at least `share` of what uniform data would give it, topped up from
+its own documents, and the rest of each stage is its ranking. It is applied to the cached mixtures after the
+fact, so later stages keep the proxy that trained on the unguarded ones (the product's own loop would train
+on the guarded mixture); the rows are `<method>+arm_floors`.
+
 Finished (method, seed, share) runs are kept: running the same command again resumes, and another command
 (more methods, seeds or shares, or another work folder of the same configuration, as when seeds run side by
 side) adds to the file; `commands` lists every command that wrote it.
@@ -38,15 +44,15 @@ import numpy as np
 from benchmarks.provenance import device_and_versions, write_json
 from benchmarks.selection import (
     CONFIGS,
-    _packed,
     comparable_config,
     data_files,
     evaluator_steps,
     load_config,
+    packed_rows,
     selection_key,
 )
-from benchmarks.selection_merge import PER_FOLDER, _differences, _view
-from benchmarks.selection_report import _pm, _stats
+from benchmarks.selection_merge import PER_FOLDER, config_differences, result_view
+from benchmarks.selection_report import mean_pm_std, seed_stats
 
 GUARD_NATS = 0.5
 """The issue's guard: no pool domain may lose more than this to random."""
@@ -77,6 +83,48 @@ def guarded_stages(stages: list[list[str]], tokens: dict[str, int], budget: int,
     return guarded
 
 
+def arm_floor_stages(stages: list[list[str]], tokens: dict[str, int], budget: int, share: float,
+                     arm_of: dict[str, int], seed: int) -> list[list[str]]:
+    """Each stage as `coverage_fill` makes it from the cached ranking: the stage's own documents in rank order,
+    then the rest of the candidates (the pool less earlier stages) in seeded random order, since the ranking
+    past the cached mixture was not kept; the guard reaches past the mixture only if earlier top-ups took
+    some of its documents."""
+    from core.seeds import rng
+    from models.coverage import coverage_fill
+
+    ids = sorted(arm_of)
+    index = {d: i for i, d in enumerate(ids)}
+    doc_tokens = np.array([tokens[d] for d in ids], dtype=np.int64)
+    arms = np.array([arm_of[d] for d in ids], dtype=np.int64)
+    taken = np.zeros(len(ids), dtype=bool)
+    guarded = []
+    for stage, mixture in enumerate(stages):
+        ranked = np.array([index[d] for d in mixture if d in index and not taken[index[d]]], dtype=np.int64)
+        listed = taken.copy()
+        listed[ranked] = True
+        rest = rng(seed, "benchmark", stage, method=UNIFORM_STREAM).permutation(np.flatnonzero(~listed))
+        chosen = coverage_fill(np.concatenate([ranked, rest]), doc_tokens, arms, budget, share,
+                               rng(seed, "coverage", stage))
+        taken[chosen] = True
+        guarded.append([ids[i] for i in chosen])
+    return guarded
+
+
+def seed_clusters(settings, workdir: Path) -> dict[str, int]:
+    """The seed's clustering of the pool (the benchmark re-clusters per seed: seeded k-means, so this is the
+    clustering that seed's run selected from), as doc id -> arm."""
+    from benchmarks.selection_pool import RUN_ID
+    from core import db, store
+    from core.artifacts import Embedded
+    from tasks.cluster import cluster_documents
+
+    embedded = Embedded(**json.loads((workdir / "pool.json").read_text())["artifacts"]["embedded"])
+    cluster_documents(settings, embedded)
+    with db.connect(settings.database, read_only=True) as con:
+        pool = store.candidates(con, RUN_ID, 0, settings.seed, False)
+    return dict(zip(pool.doc_ids, pool.cluster_ids.tolist()))
+
+
 def against_random(final: dict[str, Any], curve: list[dict[str, Any]], random: dict[str, Any]) -> dict[str, Any]:
     """Each pool domain's loss minus random's (same seed), the worst of them, and the tokens to random's loss."""
     from benchmarks.selection_eval import tokens_to_reach
@@ -96,7 +144,7 @@ def summarise(results: dict[str, Any]) -> None:
         rows = {}
         for share in shares:
             runs = [seed[share] for seed in seeds.values() if share in seed]
-            rows[share] = {"seeds": len(runs), **{key: _stats([r[key] for r in runs]) for key in
+            rows[share] = {"seeds": len(runs), **{key: seed_stats([r[key] for r in runs]) for key in
                                                   ("heldout_reference_loss", "worst_excess", "domains_over_guard",
                                                    "tokens_to_random")}}
         results["summary"][method] = rows
@@ -105,8 +153,8 @@ def summarise(results: dict[str, Any]) -> None:
 def table(results: dict[str, Any]) -> str:
     head = ("| method | share of each stage from the pool as it is | held-out reference loss | worst pool domain vs "
             "random | domains over +0.5 | tokens to random's final loss |\n|---|---:|---:|---:|---:|---:|\n")
-    lines = [f"| {method} | {share} | {_pm(row['heldout_reference_loss'])} | +{_pm(row['worst_excess'], 2)} "
-             f"| {_pm(row['domains_over_guard'], 1)} | {_pm(row['tokens_to_random'], 2)}x |"
+    lines = [f"| {method} | {share} | {mean_pm_std(row['heldout_reference_loss'])} | +{mean_pm_std(row['worst_excess'], 2)} "
+             f"| {mean_pm_std(row['domains_over_guard'], 1)} | {mean_pm_std(row['tokens_to_random'], 2)}x |"
              for method, rows in results["summary"].items() for share, row in rows.items()]
     base = " ".join(f"{m} {v['mean']:.3f} ± {v['std']:.3f}." for m, v in results["baselines"].items())
     return head + "\n".join(lines) + f"\n\nUnguarded baselines (held-out reference loss): {base}\n"
@@ -146,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--methods", default="influmix", help="comma-separated: methods whose mixtures are guarded")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--shares", default="0,0.2,0.35,0.5")
+    parser.add_argument("--guard", choices=("pool", "arms"), default="pool",
+                        help="pool: a uniform share of every stage; arms: the product's per-cluster floors")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     return run(args, " ".join(["python -m benchmarks.selection_coverage", *(argv if argv is not None else sys.argv[1:])]))
@@ -165,7 +215,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     cfg = load_config(CONFIGS["tiny"] if args.tiny else args.config, [*args.overrides, f'workdir="{workdir}"'])
     baseline = json.loads(args.baseline.read_text())
     comparable = {k: v for k, v in comparable_config(cfg).items() if k not in PER_FOLDER}
-    differ = _differences(_view({"comparable": comparable}, {}, "random"), _view(baseline["methods"]["random"], baseline, "random"))
+    differ = config_differences(result_view({"comparable": comparable}, {}, "random"), result_view(baseline["methods"]["random"], baseline, "random"))
     if differ:
         raise SystemExit(f"{args.baseline} is another configuration (differs in {', '.join(differ)})")
     torch.set_num_threads(cfg.threads)
@@ -182,7 +232,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                    baseline=str(args.baseline), date=datetime.now(UTC).isoformat(timespec="seconds"))
     results["commands"] = [*[c for c in results.get("commands", []) if c != command], command]  # each run's rows
     results.setdefault("runs", {})
-    results["baselines"] = {m: _stats([r["final"]["heldout_reference_loss"] for r in baseline["methods"][m]["seeds"].values()])
+    results["baselines"] = {m: seed_stats([r["final"]["heldout_reference_loss"] for r in baseline["methods"][m]["seeds"].values()])
                             for m in ("random", "dsir", "domain_oracle") if m in baseline["methods"]}
     texts = pool_texts(settings)
     heldout, pool_heldout = list(read_jsonl(files.path("reference_heldout"))), list(read_jsonl(files.path("pool_heldout")))
@@ -195,23 +245,27 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         uniform = [ids[i] for i in rng(seed, "benchmark", method=UNIFORM_STREAM).permutation(len(ids))]
         tokens = dict(zip(ids, (n + 1 for n in count_tokens(tokenizer, [texts[d] for d in ids]))))  # + EOS
         random = baseline["methods"]["random"]["seeds"][str(seed)]
+        seeded = settings.model_copy(update={"seed": seed})
+        arm_of = seed_clusters(seeded, workdir) if args.guard == "arms" else {}
         for method in args.methods.split(","):
             entry = cached.get(method)
-            if entry is None or entry["key"] != selection_key(cfg, settings.model_copy(update={"seed": seed}), method):
+            if entry is None or entry["key"] != selection_key(cfg, seeded, method):
                 raise SystemExit(f"{folder}: no {method} mixture of this configuration (run benchmarks.selection first)")
-            done = results["runs"].setdefault(method, {}).setdefault(str(seed), {})
+            row = method if args.guard == "pool" else f"{method}+arm_floors"
+            done = results["runs"].setdefault(row, {}).setdefault(str(seed), {})
             for share in (f"{float(s):.2f}" for s in args.shares.split(",")):
                 if share in done:
                     continue
-                mixture = guarded_stages(entry["stages"], tokens, budget, float(share), uniform)
-                packed = [_packed(tokenizer, [texts[d] for d in m], eval_cfg.seq_len) for m in mixture]
+                mixture = (guarded_stages(entry["stages"], tokens, budget, float(share), uniform) if args.guard == "pool"
+                           else arm_floor_stages(entry["stages"], tokens, budget, float(share), arm_of, seed))
+                packed = [packed_rows(tokenizer, [texts[d] for d in m], eval_cfg.seq_len) for m in mixture]
                 run_data = train_and_evaluate(packed, tokenizer.get_vocab_size(), sets, eval_cfg, seed, steps)
                 done[share] = {**run_data["final"], **against_random(run_data["final"], run_data["curve"], random),
                                "curve": run_data["curve"], "documents_per_stage": [len(m) for m in mixture],
                                "workdir": str(workdir)}
                 summarise(results)
                 write_json(results, args.out)
-                print(f"{method} seed {seed} share {share}: held-out loss {done[share]['heldout_reference_loss']:.4f}, "
+                print(f"{row} seed {seed} share {share}: held-out loss {done[share]['heldout_reference_loss']:.4f}, "
                       f"worst domain {done[share]['worst_domain']} +{done[share]['worst_excess']:.2f}", flush=True)
     summarise(results)
     plot(results, args.out.with_name(args.out.stem + ".png"))

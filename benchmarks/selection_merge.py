@@ -32,16 +32,18 @@ PER_FOLDER = ("workdir",)
 """Comparable keys that differ between the work folders of one configuration."""
 
 
-def _view(entry: dict[str, Any], results: dict[str, Any], method: str) -> dict[str, Any] | None:
+def result_view(entry: dict[str, Any], results: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """The configuration `method`'s results in `entry` (a method's entry of `results`) belong to, less where it ran."""
     comparable = {k: v for k, v in entry.get("comparable", results.get("comparable", {})).items()
                   if k not in PER_FOLDER}
     return method_view(comparable, method)
 
 
-def _differences(a: dict[str, Any] | None, b: dict[str, Any] | None, prefix: str = "") -> list[str]:
+def config_differences(a: dict[str, Any] | None, b: dict[str, Any] | None, prefix: str = "") -> list[str]:
+    """The dotted keys at which two configurations differ (a key missing on one side differs)."""
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for key in sorted(set(a) | set(b))
-                for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
+                for d in config_differences(a.get(key), b.get(key), f"{prefix}{key}.")]
     return [] if a == b else [prefix.rstrip(".")]
 
 
@@ -65,9 +67,9 @@ def merge(inputs: list[tuple[Path, list[str] | None]]) -> dict[str, Any]:
         if missing:
             raise SystemExit(f"{path}: no results for {', '.join(missing)}")
         for method in methods:
-            entry, view = results["methods"][method], _view(results["methods"][method], results, method)
+            entry, view = results["methods"][method], result_view(results["methods"][method], results, method)
             if method in views and views[method][1] != view:
-                keys = ", ".join(_differences(views[method][1], view)[:8])
+                keys = ", ".join(config_differences(views[method][1], view)[:8])
                 raise SystemExit(f"{method}: {path} ran another configuration than {views[method][0]} ({keys})")
             views.setdefault(method, (path, view))
             target = merged["methods"].setdefault(method, {"seeds": {}})

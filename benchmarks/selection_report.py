@@ -18,7 +18,7 @@ SELECTION_PARTS = ("embed", "cluster", "probe", "distill_score", "select", "dsir
 (reported beside it: in MATES the proxy is the model being trained, here the evaluator is separate)."""
 
 
-def _stats(values: list[float | None]) -> dict[str, Any]:
+def seed_stats(values: list[float | None]) -> dict[str, Any]:
     """mean, sample standard deviation (ddof 1; 0 for one seed), min, max and the per-seed values."""
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     arr = np.array(finite)
@@ -62,13 +62,13 @@ def summarise(results: dict[str, Any]) -> None:
         cost_parts = sorted({p for run in runs for p in run["selection"]["cost"]["seconds"]})
         method.update({
             "seeds_done": [int(s) for s in names],
-            "final_heldout_reference_loss": _stats([r["final"]["heldout_reference_loss"] for r in runs]),
-            "tokens_to_random_final_loss_ratio": {**_stats(ratios), "reached": sum(r is not None for r in ratios)},
-            "cloze_accuracy": _stats([r["final"]["cloze_accuracy"] for r in runs]),
-            "cloze_target_loss": _stats([r["final"]["cloze_target_loss"] for r in runs]),
-            "reference_domain_loss": {d: _stats([r["final"]["reference_domain_loss"].get(d) for r in runs])
+            "final_heldout_reference_loss": seed_stats([r["final"]["heldout_reference_loss"] for r in runs]),
+            "tokens_to_random_final_loss_ratio": {**seed_stats(ratios), "reached": sum(r is not None for r in ratios)},
+            "cloze_accuracy": seed_stats([r["final"]["cloze_accuracy"] for r in runs]),
+            "cloze_target_loss": seed_stats([r["final"]["cloze_target_loss"] for r in runs]),
+            "reference_domain_loss": {d: seed_stats([r["final"]["reference_domain_loss"].get(d) for r in runs])
                                       for d in runs[0]["final"]["reference_domain_loss"]},
-            "pool_domain_loss": {d: _stats([r["final"]["pool_domain_loss"].get(d) for r in runs])
+            "pool_domain_loss": {d: seed_stats([r["final"]["pool_domain_loss"].get(d) for r in runs])
                                  for d in runs[0]["final"]["pool_domain_loss"]},
             "loss_vs_tokens": {"tokens": [p["tokens"] for p in runs[0]["curve"]],
                                "mean": curves.mean(axis=0).tolist(),
@@ -76,7 +76,7 @@ def summarise(results: dict[str, Any]) -> None:
             "domain_token_shares": {d: float(np.mean([r["selection"]["domain_token_shares"].get(d, 0.0) for r in runs]))
                                     for d in sorted({d for r in runs for d in r["selection"]["domain_token_shares"]})},
             "selection_overhead": {
-                **{key: _stats([overhead(r)[key] for r in runs])["mean"] for key in overhead(runs[0])},
+                **{key: seed_stats([overhead(r)[key] for r in runs])["mean"] for key in overhead(runs[0])},
                 "seconds": {p: float(np.mean([r["selection"]["cost"]["seconds"].get(p, 0.0) for r in runs]))
                             for p in cost_parts},
                 "flops": {p: float(np.mean([r["selection"]["cost"]["flops"].get(p, 0.0) for r in runs]))
@@ -116,7 +116,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _pm(stats: dict[str, Any] | None, digits: int = 3) -> str:
+def mean_pm_std(stats: dict[str, Any] | None, digits: int = 3) -> str:
+    """`seed_stats` as "mean ± std" for a table."""
     if not stats or stats.get("mean") is None:
         return "n/a"
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
@@ -142,8 +143,8 @@ def table(results: dict[str, Any]) -> str:
         over = m["selection_overhead"]
         q = m.get("mixture_quality")
         quality = f"{q['under_100_chars']:.1%} / {q['non_english']:.1%}" if q else "n/a"
-        lines.append(f"| {name} | {_pm(m['final_heldout_reference_loss'])} | {reach} | "
-                     f"{_pm(m['cloze_accuracy'])} ({_pm(m['cloze_target_loss'], 2)}) | {split} | {share[0]} {share[1]:.0%} | "
+        lines.append(f"| {name} | {mean_pm_std(m['final_heldout_reference_loss'])} | {reach} | "
+                     f"{mean_pm_std(m['cloze_accuracy'])} ({mean_pm_std(m['cloze_target_loss'], 2)}) | {split} | {share[0]} {share[1]:.0%} | "
                      f"{quality} | {over['time_fraction']:.2f} / {over['flops_fraction']:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -285,6 +285,9 @@ class SelectSettings(_Section):
     arm_weight: float = Field(1.0, ge=0, description="bandit: weight of an arm's measured reward (z units) in the ranking")
     prior_pulls: float = Field(2.0, ge=0, description="bandit: pseudo-pulls an arm's reward is shrunk toward 0 by")
     temperature: float = Field(0.0, ge=0, description="Gumbel-top-k temperature over the ranking; 0 = plain top-k")
+    coverage_share: float = Field(
+        0.0, ge=0, lt=1, description="arm floors: every cluster gets at least this share of what uniform data would "
+                                     "give it (models/coverage.py); 0 = the ranking alone")
     exclude_previous: bool = True
 
 

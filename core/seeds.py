@@ -30,6 +30,7 @@ PURPOSES = (
     "evaluator",          # benchmarks: the evaluator LM's weights and batch order
     "benchmark",          # benchmarks: their own draws (random baselines, DSIR resampling)
     "oracle",             # the oracle bandit's arm queues and warm-up order
+    "coverage",           # the uniform top-ups that give every arm its floor (select.coverage_share)
 )
 """Append new purposes at the end: a purpose's stream is keyed by its position in this tuple."""
 

@@ -7,7 +7,9 @@
 * `arms`: the arm rewards alone, documents inside an arm in seeded random order (no influence model).
 
 Both take the top of the ranking (Gumbel-top-k at `select.temperature`; 0 = plain top-k) until the budget
-is full, never exceeding it: one sort, O(N log N) in the pool. Selectors are registered by name in
+is full, never exceeding it: one sort, O(N log N) in the pool. With `select.coverage_share` > 0 every arm
+first gets a floor, that share of what uniform data would give it (models/coverage.py: the ranking's head,
+a uniform top-up of the arms it leaves short, the ranking again), so no region of the pool is starved. Selectors are registered by name in
 `SELECTORS`; the benchmark and the flow use the same ones.
 """
 
@@ -22,7 +24,8 @@ from core import db, store
 from core.artifacts import Clustered, Influence, Probes, Selection
 from core.config import Settings
 from core.seeds import rng
-from models.baselines import greedy_fill, gumbel_keys, standardise_scores
+from models.baselines import gumbel_keys, standardise_scores
+from models.coverage import coverage_fill
 from runtime.policies import STAGE_CACHE
 
 
@@ -62,7 +65,9 @@ def select_stage(settings: Settings, influence: Influence, clustered: Clustered,
                          f"(first: {missing}); the distill stage scores every candidate")
     keys = gumbel_keys(SELECTORS[method](settings, pool, scores, probes), settings.select.temperature,
                        rng(settings.seed, "select", stage))
-    chosen = greedy_fill(np.argsort(-keys, kind="stable"), pool.n_tokens, settings.select.token_budget).tolist()
+    chosen = coverage_fill(np.argsort(-keys, kind="stable"), pool.n_tokens, pool.cluster_ids,
+                           settings.select.token_budget, settings.select.coverage_share,
+                           rng(settings.seed, "coverage", stage)).tolist()
     return Selection(
         run_id=run_id, stage=stage, token_budget=settings.select.token_budget,
         doc_ids=[pool.doc_ids[i] for i in chosen], cluster_ids=[int(pool.cluster_ids[i]) for i in chosen],

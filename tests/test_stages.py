@@ -108,6 +108,26 @@ def test_reselecting_a_stage_replaces_its_mixture(run_copy):
     assert tokens <= 2_000 and members == n_docs == len(selection.doc_ids)
 
 
+def test_coverage_share_gives_every_cluster_its_floor(run_copy):
+    from core import db, store
+    from models.coverage import arm_floors
+    from tasks.select import select_stage
+
+    settings, result = run_copy
+    settings.select.token_budget, settings.select.coverage_share = 3_000, 0.5
+    stage = result.stages[1]
+    with db.connect(settings.database, read_only=True) as con:
+        pool = store.candidates(con, result.run_id, 1, settings.seed, settings.select.exclude_previous)
+    floors = arm_floors(pool.n_tokens, pool.cluster_ids, 3_000, 0.5)
+    guarded = select_stage(settings, stage.influence, result.corpus.clustered, stage.probes, progress=False)
+    tokens = dict(zip(pool.doc_ids, pool.n_tokens.tolist()))
+    have = np.bincount(guarded.cluster_ids, weights=[tokens[d] for d in guarded.doc_ids], minlength=len(floors))
+    assert np.all(have >= floors - pool.n_tokens.max()) and guarded.tokens <= 3_000
+    settings.select.coverage_share = 0.0
+    plain = select_stage(settings, stage.influence, result.corpus.clustered, stage.probes, progress=False)
+    assert plain.doc_ids != guarded.doc_ids  # the floors changed the mixture
+
+
 def test_write_mixture_refuses_a_broken_selection(run_copy):
     from core.artifacts import Selection
     from tasks.mixture import write_mixture
