@@ -151,8 +151,9 @@ def summarise(results: dict[str, Any]) -> None:
 
 
 def table(results: dict[str, Any]) -> str:
-    head = ("| method | share of each stage from the pool as it is | held-out reference loss | worst pool domain vs "
-            "random | domains over +0.5 | tokens to random's final loss |\n|---|---:|---:|---:|---:|---:|\n")
+    head = ("| method | guard share (uniform share of each stage; `+arm_floors`: select.coverage_share) | held-out "
+            "reference loss | worst pool domain vs random | domains over +0.5 | tokens to random's final loss |\n"
+            "|---|---:|---:|---:|---:|---:|\n")
     lines = [f"| {method} | {share} | {mean_pm_std(row['heldout_reference_loss'])} | +{mean_pm_std(row['worst_excess'], 2)} "
              f"| {mean_pm_std(row['domains_over_guard'], 1)} | {mean_pm_std(row['tokens_to_random'], 2)}x |"
              for method, rows in results["summary"].items() for share, row in rows.items()]
@@ -176,7 +177,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     left.axhline(results["baselines"]["random"]["mean"], ls="--", lw=0.9, color="grey", label="random")
     right.axhline(GUARD_NATS, ls="--", lw=0.9, color="red", label="the guard (+0.5)")
     for ax, label in ((left, "held-out reference loss"), (right, "worst pool domain's loss minus random's")):
-        ax.set_xlabel("share of each stage from the pool as it is")
+        ax.set_xlabel("guard share (uniform share of each stage, or the arm floors' coverage_share)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     fig.tight_layout()

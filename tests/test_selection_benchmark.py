@@ -102,6 +102,11 @@ def test_tiny_selection_benchmark_writes_every_method_and_resumes(tmp_path: Path
     assert guarded_out.with_suffix(".png").stat().st_size > 0 and "| 0.50 |" in guarded_out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit, match="another configuration"):
         selection_coverage.main([*coverage_args, "--set", "eval.lr=0.123"])
+    # The product's arm floors on the same mixtures: their own rows, beside the uniform share's.
+    floors = selection_coverage.main([*coverage_args, "--guard", "arms", "--shares", "0.5",
+                                      "--set", 'pipeline.distill.features="tokens"'])
+    assert set(floors["runs"]) == {"influmix", "influmix+arm_floors"} and set(floors["runs"]["influmix+arm_floors"]["0"]) == {"0.50"}
+    assert floors["runs"]["influmix"]["0"]["0.50"] == guarded["runs"]["influmix"]["0"]["0.50"]  # kept, not rerun
 
 
 def test_guarded_stages_keep_the_head_of_each_mixture_and_fill_from_unselected_documents() -> None:
