@@ -288,6 +288,9 @@ class SelectSettings(_Section):
     coverage_share: float = Field(
         0.0, ge=0, lt=1, description="arm floors: every cluster gets at least this share of what uniform data would "
                                      "give it (models/coverage.py); 0 = the ranking alone")
+    coverage_order: Literal["uniform", "ranked"] = Field(
+        "uniform", description="arm floors: a short arm is topped up with a uniform sample of its documents, or with "
+                               "its best-ranked ones")
     exclude_previous: bool = True
 
 

@@ -104,13 +104,16 @@ def curate_and_report(settings, config: Path | None, overrides: list[str], debug
 
     The cheap checks come before the heavy imports, so a typo in a path costs a second, not fifteen.
     """
+    import warnings
     from contextlib import nullcontext
 
     env = run_environment(settings)
     os.environ.update(env)
 
-    from tasks.embed import check_embed_model
-    from tasks.ingest import check_sources
+    with warnings.catch_warnings():  # Prefect, imported here, cannot make the home yet: it is made after the checks
+        warnings.filterwarnings("ignore", message="Failed to create the Prefect home directory")
+        from tasks.embed import check_embed_model
+        from tasks.ingest import check_sources
 
     guarded(lambda: check_sources(settings), debug)
     guarded(lambda: check_embed_model(settings), debug)

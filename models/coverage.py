@@ -10,10 +10,11 @@ well, so it costs the target more than it needs to.
 candidates' tokens, i.e. `share` of what uniform data would give it. The ranking fills the budget less a
 reserve; the reserve is what the ranked part leaves the arms short of their floors, found by a fixed point
 (a longer ranked prefix only covers more, so the reserve shrinks monotonically); each short arm is then
-topped up with its own candidates in seeded random order (as near its floor as whole documents allow), a
-uniform sample of the arm, since the guard is
-about the arm's loss as a whole, not about its best documents for the target. What the top-ups leave is
-filled by the ranking again. The budget is never exceeded. O(N log N): one permutation and one sort.
+topped up with its own candidates (as near its floor as whole documents allow): by default in seeded random
+order, a uniform sample of the arm, since the guard is about the arm's loss as a whole, not about its best
+documents for the target; with `ranked_top_ups` in the ranking's order, the arm's best documents for the
+target, which keeps the arm represented while spending its floor on what also serves the target (and skips
+the junk a uniform sample brings along). What the top-ups leave is filled by the ranking again. The budget is never exceeded. O(N log N): one permutation and one sort.
 
 No library serves this: sklearn's stratified samplers draw fixed counts, not token floors under a budget
 shared with a ranking.
@@ -61,11 +62,12 @@ def _nearest_count(tokens: np.ndarray, target: float) -> int:
 
 
 def coverage_fill(order: np.ndarray, tokens: np.ndarray, arms: np.ndarray, budget: int, share: float,
-                  rng: np.random.Generator) -> np.ndarray:
-    """Indices in selection order: the ranked head, each short arm's uniform top-up, then the ranking again.
+                  rng: np.random.Generator, ranked_top_ups: bool = False) -> np.ndarray:
+    """Indices in selection order: the ranked head, each short arm's top-up, then the ranking again.
 
     `order` ranks candidate indices (best first), `tokens` and `arms` are per candidate. `share = 0` is the
-    plain greedy fill of `order`.
+    plain greedy fill of `order`. The top-ups are uniform samples of their arms, or with `ranked_top_ups`
+    the arms' next documents in `order`.
     """
     order = np.asarray(order, dtype=np.int64)
     tokens = np.asarray(tokens, dtype=np.int64)
@@ -78,12 +80,12 @@ def coverage_fill(order: np.ndarray, tokens: np.ndarray, arms: np.ndarray, budge
     taken = np.zeros(len(tokens), dtype=bool)
     taken[head] = True
     used = int(tokens[head].sum())
-    shuffled = rng.permutation(order)
-    shuffled = shuffled[np.argsort(arms[shuffled], kind="stable")]  # grouped by arm, random inside each
-    starts = np.searchsorted(arms[shuffled], np.arange(len(floors) + 1))
+    within = order if ranked_top_ups else rng.permutation(order)
+    grouped = within[np.argsort(arms[within], kind="stable")]  # by arm; ranked or random inside each
+    starts = np.searchsorted(arms[grouped], np.arange(len(floors) + 1))
     top_ups = []
     for arm in np.flatnonzero(short > 0):
-        members = shuffled[starts[arm]:starts[arm + 1]]
+        members = grouped[starts[arm]:starts[arm + 1]]
         members = members[~taken[members]]
         picked = greedy_fill(members[:_nearest_count(tokens[members], short[arm])], tokens, budget - used)
         used += int(tokens[picked].sum())

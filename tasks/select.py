@@ -9,7 +9,8 @@
 Both take the top of the ranking (Gumbel-top-k at `select.temperature`; 0 = plain top-k) until the budget
 is full, never exceeding it: one sort, O(N log N) in the pool. With `select.coverage_share` > 0 every arm
 first gets a floor, that share of what uniform data would give it (models/coverage.py: the ranking's head,
-a uniform top-up of the arms it leaves short, the ranking again), so no region of the pool is starved. Selectors are registered by name in
+a top-up of the arms it leaves short, uniform or in rank order by `select.coverage_order`, the ranking again), so no
+region of the pool is starved. Selectors are registered by name in
 `SELECTORS`; the benchmark and the flow use the same ones.
 """
 
@@ -67,7 +68,8 @@ def select_stage(settings: Settings, influence: Influence, clustered: Clustered,
                        rng(settings.seed, "select", stage))
     chosen = coverage_fill(np.argsort(-keys, kind="stable"), pool.n_tokens, pool.cluster_ids,
                            settings.select.token_budget, settings.select.coverage_share,
-                           rng(settings.seed, "coverage", stage)).tolist()
+                           rng(settings.seed, "coverage", stage),
+                           ranked_top_ups=settings.select.coverage_order == "ranked").tolist()
     return Selection(
         run_id=run_id, stage=stage, token_budget=settings.select.token_budget,
         doc_ids=[pool.doc_ids[i] for i in chosen], cluster_ids=[int(pool.cluster_ids[i]) for i in chosen],

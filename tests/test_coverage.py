@@ -43,12 +43,31 @@ def test_no_share_is_the_plain_greedy_fill_and_top_ups_are_seeded():
     assert first.tolist() == again.tolist() and first.tolist() != other.tolist()
 
 
+def test_ranked_top_ups_take_each_short_arms_best_documents():
+    order, tokens, arms = _pool(seed=2)
+    budget, share = 60_000, 0.35
+    ranked = [coverage_fill(order, tokens, arms, budget, share, np.random.default_rng(s), ranked_top_ups=True)
+              for s in (0, 1)]
+    assert ranked[0].tolist() == ranked[1].tolist()  # no randomness: the ranking decides inside the arm
+    chosen = ranked[0]
+    have = np.bincount(arms[chosen], weights=tokens[chosen], minlength=8)
+    floors = arm_floors(tokens, arms, budget, share)
+    assert np.all(have >= floors - tokens.max())
+    for arm in range(1, 8):  # the short arms: their top-up is the head of their own ranking
+        ranking = order[arms[order] == arm]
+        head = ranking[: int(np.searchsorted(np.cumsum(tokens[ranking]), floors[arm] - tokens.max()))]
+        assert len(head) > 10 and set(head.tolist()) <= set(chosen.tolist())
+    uniform = coverage_fill(order, tokens, arms, budget, share, np.random.default_rng(0))
+    assert set(uniform.tolist()) != set(chosen.tolist())
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 60), st.integers(0, 4)), min_size=1, max_size=80),
-       st.integers(0, 900), st.floats(0.0, 0.95))
-def test_property_never_over_budget_never_twice(docs, budget, share):
+       st.integers(0, 900), st.floats(0.0, 0.95), st.booleans())
+def test_property_never_over_budget_never_twice(docs, budget, share, ranked):
     tokens = np.array([t for t, _ in docs], dtype=np.int64)
     arms = np.array([a for _, a in docs], dtype=np.int64)
-    chosen = coverage_fill(np.arange(len(docs))[::-1], tokens, arms, budget, share, np.random.default_rng(0))
+    chosen = coverage_fill(np.arange(len(docs))[::-1], tokens, arms, budget, share, np.random.default_rng(0),
+                           ranked_top_ups=ranked)
     assert tokens[chosen].sum() <= budget
     assert len(set(chosen.tolist())) == len(chosen)

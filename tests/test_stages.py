@@ -119,10 +119,15 @@ def test_coverage_share_gives_every_cluster_its_floor(run_copy):
     with db.connect(settings.database, read_only=True) as con:
         pool = store.candidates(con, result.run_id, 1, settings.seed, settings.select.exclude_previous)
     floors = arm_floors(pool.n_tokens, pool.cluster_ids, 3_000, 0.5)
-    guarded = select_stage(settings, stage.influence, result.corpus.clustered, stage.probes, progress=False)
     tokens = dict(zip(pool.doc_ids, pool.n_tokens.tolist()))
-    have = np.bincount(guarded.cluster_ids, weights=[tokens[d] for d in guarded.doc_ids], minlength=len(floors))
-    assert np.all(have >= floors - pool.n_tokens.max()) and guarded.tokens <= 3_000
+    mixtures = {}
+    for order in ("uniform", "ranked"):
+        settings.select.coverage_order = order
+        mixtures[order] = guarded = select_stage(settings, stage.influence, result.corpus.clustered, stage.probes,
+                                                 progress=False)
+        have = np.bincount(guarded.cluster_ids, weights=[tokens[d] for d in guarded.doc_ids], minlength=len(floors))
+        assert np.all(have >= floors - pool.n_tokens.max()) and guarded.tokens <= 3_000
+    assert mixtures["ranked"].doc_ids != mixtures["uniform"].doc_ids  # the top-ups' order matters
     settings.select.coverage_share = 0.0
     plain = select_stage(settings, stage.influence, result.corpus.clustered, stage.probes, progress=False)
     assert plain.doc_ids != guarded.doc_ids  # the floors changed the mixture
