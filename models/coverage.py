@@ -13,8 +13,10 @@ reserve; the reserve is what the ranked part leaves the arms short of their floo
 topped up with its own candidates (as near its floor as whole documents allow): by default in seeded random
 order, a uniform sample of the arm, since the guard is about the arm's loss as a whole, not about its best
 documents for the target; with `ranked_top_ups` in the ranking's order, the arm's best documents for the
-target, which keeps the arm represented while spending its floor on what also serves the target (and skips
-the junk a uniform sample brings along). What the top-ups leave is filled by the ranking again. The budget is never exceeded. O(N log N): one permutation and one sort.
+target, which spends the floor on what also serves the target; measured, the arm's best documents do not
+stand for it and the per-domain guard fails (README, selection benchmark), so `uniform` is the default.
+What the top-ups leave is filled by the ranking again. The budget is never exceeded. O(N log N): one
+permutation and one sort.
 
 No library serves this: sklearn's stratified samplers draw fixed counts, not token floors under a budget
 shared with a ranking.
