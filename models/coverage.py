@@ -10,12 +10,11 @@ well, so it costs the target more than it needs to.
 candidates' tokens, i.e. `share` of what uniform data would give it. The ranking fills the budget less a
 reserve; the reserve is what the ranked part leaves the arms short of their floors, found by a fixed point
 (a longer ranked prefix only covers more, so the reserve shrinks monotonically); each short arm is then
-topped up with its own candidates (as near its floor as whole documents allow): by default in seeded random
-order, a uniform sample of the arm, since the guard is about the arm's loss as a whole, not about its best
-documents for the target; with `ranked_top_ups` in the ranking's order, the arm's best documents for the
-target, which spends the floor on what also serves the target; measured, the arm's best documents do not
-stand for it and the per-domain guard fails (README, selection benchmark), so `uniform` is the default.
-What the top-ups leave is filled by the ranking again. The budget is never exceeded. O(N log N): one
+topped up with its own candidates (as near its floor as whole documents allow). By default they come in
+seeded random order, a uniform sample of the arm, since the guard is about the arm's loss as a whole. With
+`ranked_top_ups` they come in the ranking's order, the arm's best documents for the target; measured, those
+do not stand for the arm and the per-domain guard fails (README, selection benchmark), so uniform is the
+default. What the top-ups leave is filled by the ranking again. The budget is never exceeded. O(N log N): one
 permutation and one sort.
 
 No library serves this: sklearn's stratified samplers draw fixed counts, not token floors under a budget

@@ -9,9 +9,9 @@
 Both take the top of the ranking (Gumbel-top-k at `select.temperature`; 0 = plain top-k) until the budget
 is full, never exceeding it: one sort, O(N log N) in the pool. With `select.coverage_share` > 0 every arm
 first gets a floor, that share of what uniform data would give it (models/coverage.py: the ranking's head,
-a top-up of the arms it leaves short, uniform or in rank order by `select.coverage_order`, the ranking again), so no
-region of the pool is starved. Selectors are registered by name in
-`SELECTORS`; the benchmark and the flow use the same ones.
+a top-up of the arms it leaves short, uniform or in rank order by `select.coverage_order`, then the ranking
+again), so no region of the pool is starved. Selectors are registered by name in `SELECTORS`; the benchmark
+and the flow use the same ones.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def test_coverage_share_gives_every_cluster_its_floor(run_copy):
     assert mixtures["ranked"].doc_ids != mixtures["uniform"].doc_ids  # the top-ups' order matters
     settings.select.coverage_share = 0.0
     plain = select_stage(settings, stage.influence, result.corpus.clustered, stage.probes, progress=False)
-    assert plain.doc_ids != guarded.doc_ids  # the floors changed the mixture
+    assert plain.doc_ids != mixtures["uniform"].doc_ids  # the floors changed the mixture
 
 
 def test_write_mixture_refuses_a_broken_selection(run_copy):
