@@ -102,7 +102,8 @@ def evaluator_steps(token_budget: int, eval_cfg) -> int:
     return max(1, round(token_budget / (eval_cfg.batch_size * eval_cfg.seq_len)))
 
 
-NEUTRAL_NEW_OPTIONS = {("select", "coverage_share"): 0.0, ("select", "coverage_order"): "uniform"}
+NEUTRAL_NEW_OPTIONS = {("select", "coverage_share"): 0.0, ("select", "coverage_order"): "uniform",
+                       ("select", "rerank_factor"): 0.0}
 """Settings added after mixtures were cached, with the value that does what the code did before they existed.
 At that value they are left out of the cache key: a new option that changes nothing must not orphan every
 cached mixture (hours of CPU per seed). Set to anything else, it is in the key like any other setting."""

@@ -26,6 +26,7 @@ from tasks.distill import distill_stage
 from tasks.mixture import write_mixture
 from tasks.pretrain import pretrain_stage
 from tasks.probe import probe_stage
+from tasks.rerank import rerank_stage
 from tasks.select import SELECTORS, select_stage
 
 
@@ -61,7 +62,8 @@ def stage_flops(settings: Settings, result: StageResult) -> dict[str, float]:
     trained token, 2N per forward token): proxy training; the oracle: conditional = the fine-tune (steps x
     batch x seq) plus two forward passes per measured document, one-step = one training step per document
     (plus a reference forward for the exact slice); group rollouts = their training steps and a reference
-    forward each; the student: the token model's two ridge solves and one add per scored token."""
+    forward each; the cascade = two forward passes per document of the ranking's head it measured; the
+    student: the token model's two ridge solves and one add per scored token."""
     ckpt, probes, distilled = result.checkpoint, result.probes, result.influence
     fpt, seq, p = ckpt.flops_per_token, settings.proxy.seq_len, settings.probe
     ref_tokens = p.reference_sequences * seq
@@ -73,6 +75,8 @@ def stage_flops(settings: Settings, result: StageResult) -> dict[str, float]:
         oracle = fpt * seq * probes.measured + p.exact_fraction * probes.measured * (fpt / 3) * ref_tokens
     rollout_tokens = p.rollout_steps * p.rollout_rows_per_step * seq
     flops["probe"] = oracle + (probes.group_rewards + p.control_batches) * (fpt * rollout_tokens + fpt / 3 * ref_tokens)
+    if result.reranked is not None:
+        flops["rerank"] = 2 * (fpt / 3) * seq * result.reranked.measured
     if distilled.student == "tokens":
         n = distilled.train_probes
         flops["distill_score"] = 2 * (2 * n * n * settings.proxy.vocab_size + 10 * n ** 3) + 2 * seq * distilled.scored_documents
@@ -95,7 +99,7 @@ class Clock:
             probe=self._step(own, "probe", partial(probe_stage, progress=False)),
             distill=self._step(own, "distill_score", distill_stage),
             select=timed(own, "select", select or partial(select_stage, progress=False)),
-            write=write_mixture)
+            write=write_mixture, rerank=timed(own, "rerank", partial(rerank_stage, progress=False)))
 
     def _step(self, own: Cost, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def step(settings: Settings, *args):
@@ -126,7 +130,9 @@ def _facts(results: list[StageResult]) -> list[dict[str, Any]]:
              "oracle_measured": r.probes.measured, "arms_pulled": r.probes.arms_pulled,
              "group_rewards": r.probes.group_rewards, "finetune_step": r.probes.finetune_step,
              "probe_fast_spearman": r.probes.exact_agreement,
-             "influence_heldout_spearman": r.influence.heldout_spearman} for r in results]
+             "influence_heldout_spearman": r.influence.heldout_spearman,
+             **({"rerank_measured": r.reranked.measured, "rerank_agreement": r.reranked.agreement}
+                if r.reranked is not None and r.reranked.measured else {})} for r in results]
 
 
 def _cost(settings: Settings, clock: Clock, own: Cost, results: list[StageResult]) -> Cost:

@@ -212,6 +212,7 @@ class Probes:
     finetune_step: int | None  # conditional: the fine-tune step kept (0 = the checkpoint itself)
     seconds: float
     oracle_timings: dict[str, float] = field(default_factory=dict)  # one_step: fast/exact seconds and documents
+    conditional_path: str | None = None  # conditional: the fine-tuned model, for the cascade (tasks/rerank.py)
 
     def seconds_per(self, kind: str) -> float | None:
         """One-step oracle: measured seconds per `kind` ("fast" or "exact") probe, None if none ran."""
@@ -252,6 +253,23 @@ class Influence:
     def as_metrics(self) -> dict[str, float]:
         return {"influence_heldout_spearman": self.heldout_spearman, "influence_heldout_pearson": self.heldout_pearson,
                 "influence_train_probes": self.train_probes, "influence_scored_documents": self.scored_documents}
+
+
+@dataclass
+class Reranked:
+    """A stage's cascade (tasks/rerank.py): the oracle's second look at the head of the selection ranking."""
+
+    run_id: str
+    stage: int
+    measured: int  # documents of the ranking's head the oracle measured (0: the cascade is off)
+    tokens: int  # their tokens: about select.rerank_factor x the budget
+    agreement: float | None  # Spearman of the influence model's scores against the measured values on the head
+    seconds: float
+    TABLES: ClassVar[tuple[str, ...]] = ("reranked_documents",)
+
+    def as_metrics(self) -> dict[str, float]:
+        metrics = {"rerank_measured": self.measured, "rerank_seconds": self.seconds}
+        return metrics | ({"rerank_agreement": self.agreement} if self.agreement is not None else {})
 
 
 @dataclass(frozen=True)
@@ -311,9 +329,11 @@ class StageResult:
     influence: Influence
     selection: Selection
     mixture: Mixture
+    reranked: Reranked | None = None  # None: a caller (a benchmark baseline) skipped the cascade step
 
     def parts(self) -> tuple[Any, ...]:
-        return (self.checkpoint, self.probes, self.influence, self.selection)
+        head = (self.checkpoint, self.probes, self.influence)
+        return (*head, *([self.reranked] if self.reranked is not None else []), self.selection)
 
 
 @dataclass

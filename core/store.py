@@ -206,6 +206,11 @@ def stage_scores(con, run_id: str, stage: int) -> dict[str, float]:
     return {r.doc_id: r.score for r in db.records(con, "stage_scores", {"run_id": run_id, "stage": stage})}
 
 
+def reranked_values(con, run_id: str, stage: int) -> dict[str, float]:
+    """doc_id -> the oracle's measured value, for the documents the stage's cascade measured (tasks/rerank.py)."""
+    return {r.doc_id: r.measured for r in db.records(con, "load_reranked_documents", {"run_id": run_id, "stage": stage})}
+
+
 def oracle_pulls(con, run_id: str, stage: int) -> list[OraclePull]:
     return db.records(con, "load_oracle_pulls", {"run_id": run_id, "stage": stage}, as_type=OraclePull)
 

@@ -1,5 +1,5 @@
 """The curation flow: ingest -> filter -> embed -> cluster -> tokenize -> per stage (pretrain -> probe -> distil
--> select -> write) -> track. Each task returns what it wrote (core/artifacts.py); the next one receives it.
+-> rerank -> select -> write) -> track. Each task returns what it wrote (core/artifacts.py); the next one receives it.
 The MLflow run opens with the flow and gets each stage's metrics as the stage finishes."""
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from tasks.mixture import write_mixture_task
 from tasks.pretrain import pretrain_task
 from tasks.probe import probe_task
 from tasks.publish import publish_task
+from tasks.rerank import rerank_task
 from tasks.select import select_task
 from tasks.tokenizer import tokenizer_task
 from tasks.track import finish_run_task, log_progress_task, mark_run_failed, start_run_task, track_task
 
-STAGE_TASKS = StageSteps(pretrain_task, probe_task, distill_task, select_task, write_mixture_task)
+STAGE_TASKS = StageSteps(pretrain_task, probe_task, distill_task, select_task, write_mixture_task, rerank=rerank_task)
 
 
 @flow(name="curate", log_prints=True, on_failure=[mark_run_failed])

@@ -1,7 +1,7 @@
 """The model-aware stage loop, shared by the curation flow and the selection benchmark.
 
 Stage s pretrains the proxy (from scratch, or from stage s-1's checkpoint on stage s-1's mixture), probes
-it, distils the probes and selects the next mixture. The flow runs the loop with the stage tasks; the
+it, distils the probes, measures the head of the ranking again (the cascade) and selects the next mixture. The flow runs the loop with the stage tasks; the
 benchmark runs the very same loop with another selection step (MATES top-k, ...) and plain functions, so
 what the benchmark measures is what `influmix run` does.
 """
@@ -25,6 +25,7 @@ class StageSteps:
     distill: Callable[..., Any]
     select: Callable[..., Any]
     write: Callable[..., Any]
+    rerank: Callable[..., Any] | None = None  # the cascade; None: select without a second look
 
     def with_select(self, select: Callable[..., Any]) -> StageSteps:
         """The same stage with another selection step (a benchmark's baseline selector)."""
@@ -44,9 +45,10 @@ def model_aware_stages(settings: Settings, corpus: Corpus, steps: StageSteps, st
                                     previous.mixture if previous else None)
         probes = steps.probe(settings, checkpoint, tokenized, clustered)
         influence = steps.distill(settings, probes, tokenized, embedded)
-        selection = steps.select(settings, influence, clustered, probes)
+        reranked = steps.rerank(settings, checkpoint, tokenized, influence, probes) if steps.rerank else None
+        selection = steps.select(settings, influence, clustered, probes, reranked)
         mixture = steps.write(settings, selection)
-        results.append(StageResult(checkpoint, probes, influence, selection, mixture))
+        results.append(StageResult(checkpoint, probes, influence, selection, mixture, reranked))
         if on_stage is not None:
             on_stage(results)
     return results

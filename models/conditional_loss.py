@@ -23,8 +23,11 @@ the part needed here (two batched forward passes and a short fine-tune) is a few
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,6 +151,31 @@ def finetune_on_reference(prior: torch.nn.Module, optimizer_state: dict[str, Any
                 best = copy.deepcopy(model.state_dict())
     model.load_state_dict(best)
     return model.eval(), FinetuneTrace(steps, losses, steps[int(np.argmin(losses))])
+
+
+def save_conditional(directory: str | Path, model: torch.nn.Module, trace: FinetuneTrace) -> Path:
+    """Write a fine-tuned conditional model (model.safetensors) and its trace (trace.json, written last: a
+    folder without it is an interrupted save) so later steps measure with it without fine-tuning again."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "trace.json").unlink(missing_ok=True)
+    save_model(model, str(directory / "model.safetensors"))
+    (directory / "trace.json").write_text(json.dumps(dataclasses.asdict(trace)))
+    return directory
+
+
+def load_conditional(directory: str | Path, prior: torch.nn.Module) -> tuple[torch.nn.Module, FinetuneTrace]:
+    """`save_conditional`'s model, rebuilt as a copy of `prior` (same architecture) with the saved weights."""
+    from safetensors.torch import load_model
+
+    directory = Path(directory)
+    if not (directory / "trace.json").exists():
+        raise FileNotFoundError(f"no complete conditional model in {directory} (trace.json missing)")
+    model = copy.deepcopy(prior)
+    load_model(model, str(directory / "model.safetensors"), device=str(next(prior.parameters()).device))
+    return model.eval(), FinetuneTrace(**json.loads((directory / "trace.json").read_text()))
 
 
 @dataclass

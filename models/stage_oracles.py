@@ -54,6 +54,16 @@ class ConditionalOracle:
         self.conditional, self.trace = finetune_on_reference(model, optimizer_state, fit_rows, measure_rows, cfg)
         self.setup_seconds = time.perf_counter() - started
 
+    @classmethod
+    def restored(cls, prior: torch.nn.Module, conditional: torch.nn.Module, trace: FinetuneTrace,
+                 shrink_tokens: float = 0.0) -> ConditionalOracle:
+        """The oracle of an earlier fine-tune (its conditional model saved, e.g. by the probe stage), so a later
+        step measures with the very same model instead of fine-tuning again."""
+        oracle = cls.__new__(cls)
+        oracle.timings, oracle.prior, oracle.shrink = {}, prior, shrink_tokens
+        oracle.conditional, oracle.trace, oracle.setup_seconds = conditional.eval(), trace, 0.0
+        return oracle
+
     @property
     def finetune(self) -> FinetuneTrace:
         return self.trace

@@ -161,6 +161,19 @@ CREATE TABLE IF NOT EXISTS influence_scores (
     PRIMARY KEY (run_id, stage, doc_id)
 );
 
+-- The cascade's second look (tasks/rerank.py): the stage's oracle measured on the head of the selection
+-- ranking, the influence model's score beside it, and each document's place in the ranking it was cut from.
+CREATE TABLE IF NOT EXISTS reranked_documents (
+    run_id       VARCHAR NOT NULL,
+    stage        INTEGER NOT NULL,
+    doc_id       VARCHAR NOT NULL,
+    ranked       INTEGER NOT NULL,                 -- place in the selection ranking (0 = its top)
+    score        DOUBLE NOT NULL,                  -- the influence model's score
+    measured     DOUBLE NOT NULL,                  -- the oracle's value (higher = better for the target)
+    oracle       VARCHAR NOT NULL,
+    PRIMARY KEY (run_id, stage, doc_id)
+);
+
 -- Every pull of a stage's oracle bandit, in pull order: which arm, what was measured, the reward it earned.
 CREATE TABLE IF NOT EXISTS oracle_pulls (
     run_id       VARCHAR NOT NULL,

@@ -26,33 +26,20 @@ from core.config import Settings
 from core.faults import failpoint
 from core.seeds import int_seed, rng
 from models.bandit import Measurement, OracleBanditConfig, OracleTrace, arm_scores, spend_oracle
-from models.conditional_loss import FinetuneConfig
+from models.conditional_loss import save_conditional
 from models.proxy_lm import load_token_rows, pack_sequences, probe_inputs
 from models.rollout import RolloutConfig
-from models.stage_oracles import ConditionalOracle, GroupOracle, OneStepOracle, OracleValues
+from models.stage_oracles import ConditionalOracle, GroupOracle, OracleValues
 from models.tokenizer import EOS_TOKEN, load_tokenizer
 from models.trainer import load_checkpoint, make_optimizer, resolve_device
-from runtime.configs import probe_config, train_config
+from runtime.configs import train_config
+from runtime.oracles import make_oracle
 from runtime.policies import STAGE_CACHE
 
 GROUP_DOCS = 64
 """Documents drawn at a time from an arm (or the pool, for the control) to pack a rollout batch from."""
 MAX_GROUP_DOCS = 2048
 """At most this many documents per batch: an arm of tweets fills 32 rows of 128 tokens with ~1,000."""
-
-
-def make_oracle(settings: Settings, model, optimizer_state, tokenized: Tokenized, stage: int):
-    cfg, proxy = settings.probe, settings.proxy
-    measure_rows = load_token_rows(tokenized.reference_path, cfg.reference_sequences, "measure")
-    if cfg.oracle == "one_step":
-        return OneStepOracle(model, optimizer_state, measure_rows, probe_config(settings), cfg.fast_estimator,
-                             cfg.exact_fraction)
-    finetune = FinetuneConfig(max_steps=cfg.finetune_steps, eval_every=cfg.finetune_eval_every,
-                              batch_size=proxy.batch_size, lr=cfg.finetune_lr or proxy.lr,
-                              weight_decay=proxy.weight_decay, beta1=proxy.beta1, beta2=proxy.beta2,
-                              grad_clip=proxy.grad_clip, seed=int_seed(settings.seed, "reference_split", stage))
-    return ConditionalOracle(model, optimizer_state, load_token_rows(tokenized.reference_path, part="fit"),
-                             load_token_rows(tokenized.reference_path, part="measure"), finetune, cfg.shrink_tokens)
 
 
 class Measurer:
@@ -158,6 +145,10 @@ def probe_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized
     model, optimizer_state, _ = load_checkpoint(checkpoint.path, device)
     tokenizer = load_tokenizer(tokenized.tokenizer_path)
     oracle = make_oracle(settings, model, optimizer_state, tokenized, stage)
+    conditional_path = None
+    if isinstance(oracle, ConditionalOracle):  # kept for the cascade's second look (tasks/rerank.py)
+        conditional_path = str(save_conditional(settings.stage_dir(run_id, stage) / "conditional", oracle.conditional,
+                                                oracle.trace))
     with db.connect(settings.database, read_only=True) as con:
         pool = store.candidates(con, run_id, stage, settings.seed, settings.select.exclude_previous)
         centroids = store.load_centroids(con, clustered.run_id)
@@ -194,7 +185,7 @@ def probe_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized
         group_rewards=int(sum(np.isfinite(v) for v in group.rewards.values())) if group else 0,
         group_seconds=group.seconds if group else 0.0, oracle_setup_seconds=oracle.setup_seconds,
         finetune_step=oracle.finetune.best_step if oracle.finetune is not None else None,
-        seconds=time.perf_counter() - started, oracle_timings=dict(oracle.timings))
+        seconds=time.perf_counter() - started, oracle_timings=dict(oracle.timings), conditional_path=conditional_path)
 
 
 probe_task = task(probe_stage, name="probe", task_run_name="probe[stage={checkpoint.stage}]", cache_policy=STAGE_CACHE,

@@ -133,6 +133,57 @@ def test_coverage_share_gives_every_cluster_its_floor(run_copy):
     assert plain.doc_ids != mixtures["uniform"].doc_ids  # the floors changed the mixture
 
 
+def test_rerank_measures_the_ranking_head_and_select_takes_it_in_measured_order(run_copy):
+    from core import db, store
+    from models.baselines import greedy_fill
+    from runtime.oracles import make_oracle
+    from runtime.rankings import ranking_order
+    from tasks.rerank import rerank_stage
+    from tasks.select import select_stage
+
+    settings, result = run_copy
+    stage, corpus = result.stages[1], result.corpus
+    settings.select.token_budget, settings.select.rerank_factor = 2_000, 3.0
+    reranked = rerank_stage(settings, stage.checkpoint, corpus.tokenized, stage.influence, stage.probes, progress=False)
+    con = duckdb.connect(str(settings.database), read_only=True)
+    rows = con.execute("SELECT doc_id, ranked, measured, oracle FROM reranked_documents WHERE run_id = ? AND stage = 1 "
+                       "ORDER BY ranked", [result.run_id]).fetchall()
+    con.close()
+    with db.connect(settings.database, read_only=True) as con:
+        pool = store.candidates(con, result.run_id, 1, settings.seed, settings.select.exclude_previous)
+    order = ranking_order(settings, pool, stage.probes, 1)
+    head = order[:reranked.measured]
+    assert reranked.measured == len(rows) > 0 and {r[3] for r in rows} == {"conditional"}
+    assert [r[0] for r in rows] == [pool.doc_ids[i] for i in head]  # the head of the select stage's own ranking
+    assert pool.n_tokens[head].sum() >= 6_000 > pool.n_tokens[head[:-1]].sum()
+    # measured with the probe stage's own fine-tuned model: the same values as an oracle fine-tuned again
+    model, optimizer_state, _ = __import__("models.trainer", fromlist=["load_checkpoint"]).load_checkpoint(
+        stage.checkpoint.path)
+    again = make_oracle(settings, model, optimizer_state, corpus.tokenized, 1)
+    from models.proxy_lm import probe_inputs
+    from models.tokenizer import load_tokenizer
+    with db.connect(settings.database, read_only=True) as con:
+        texts = store.texts_of(con, result.run_id, [r[0] for r in rows[:4]])
+    fresh = again.measure(probe_inputs(load_tokenizer(corpus.tokenized.tokenizer_path),
+                                       [texts[r[0]] for r in rows[:4]], settings.proxy.seq_len)).values
+    np.testing.assert_allclose([r[2] for r in rows[:4]], fresh, rtol=1e-5, atol=1e-6)
+
+    chosen = select_stage(settings, stage.influence, corpus.clustered, stage.probes, reranked, progress=False)
+    by_value = head[np.argsort(-np.array([r[2] for r in rows]), kind="stable")]
+    assert chosen.doc_ids == [pool.doc_ids[i] for i in greedy_fill(by_value, pool.n_tokens, 2_000)]
+    plain = select_stage(settings, stage.influence, corpus.clustered, stage.probes, progress=False)
+    assert plain.doc_ids != chosen.doc_ids and chosen.tokens <= 2_000
+
+    settings.select.temperature = 1.0  # another ranking: the measured head is no longer its head
+    with pytest.raises(ValueError, match="re-run the rerank stage"):
+        select_stage(settings, stage.influence, corpus.clustered, stage.probes, reranked, progress=False)
+    settings.select.temperature, settings.select.rerank_factor = 0.0, 0.0
+    off = rerank_stage(settings, stage.checkpoint, corpus.tokenized, stage.influence, stage.probes, progress=False)
+    with db.connect(settings.database, read_only=True) as con:
+        assert off.measured == 0 and store.reranked_values(con, result.run_id, 1) == {}
+    assert select_stage(settings, stage.influence, corpus.clustered, stage.probes, off, progress=False) == plain
+
+
 def test_write_mixture_refuses_a_broken_selection(run_copy):
     from core.artifacts import Selection
     from tasks.mixture import write_mixture
