@@ -85,6 +85,11 @@ def run_facts(result: RunResult, seconds: float) -> dict[str, Any]:
         if probes.exact_agreement is not None:
             facts[f"stage {s} fast-vs-exact probe Spearman"] = float(probes.exact_agreement)
         facts[f"stage {s} influence model held-out Spearman"] = float(stage.influence.heldout_spearman)
+        if stage.reranked is not None and stage.reranked.measured:
+            agreement = stage.reranked.agreement
+            facts[f"stage {s} cascade: head measured again (influence vs oracle Spearman)"] = (
+                f"{stage.reranked.measured:,} documents ({agreement:.2f})" if agreement is not None
+                else f"{stage.reranked.measured:,} documents")
         facts[f"stage {s} tokens selected / budget"] = f"{stage.selection.tokens:,} / {stage.selection.token_budget:,}"
     facts["wall time (s)"] = round(seconds, 1)
     return facts

@@ -13,8 +13,8 @@ from core import db
 from runtime.policies import STAGE_CACHE
 from tests.conftest import SAMPLE, tiny_overrides
 
-CACHED_STAGES = {"ingest", "reference", "embed", "cluster", "tokenizer", "pretrain", "probe", "distill", "select",
-                 "write-mixture", "track"}
+CACHED_STAGES = {"ingest", "reference", "embed", "cluster", "tokenizer", "pretrain", "probe", "distill", "rerank",
+                 "select", "write-mixture", "track"}
 
 
 def stage_of(task_run_name: str) -> str:

@@ -240,7 +240,7 @@ def test_prefect_flow_run_completed_with_every_stage(e2e_run):
     names = [t.name for t in task_runs]
     for stage in ("ingest", "reference", "embed", "cluster", "tokenizer", "track"):
         assert sum(n.startswith(f"{stage}-") for n in names) == 1, (stage, names)
-    for stage in ("pretrain", "probe", "distill", "select", "write-mixture"):
+    for stage in ("pretrain", "probe", "distill", "rerank", "select", "write-mixture"):
         for s in range(settings.stages):
             assert f"{stage}[stage={s}]" in names, (stage, s, names)
 

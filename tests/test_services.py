@@ -27,8 +27,9 @@ from tests.conftest import REPO, free_port, service_log_problems, tiny_overrides
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 BIN = Path(sys.executable).parent
 STAGES = ["start-run", "ingest", "reference", "embed", "cluster", "tokenizer", "pretrain[stage=0]", "probe[stage=0]",
-          "distill[stage=0]", "select[stage=0]", "write-mixture[stage=0]", "pretrain[stage=1]", "probe[stage=1]",
-          "distill[stage=1]", "select[stage=1]", "write-mixture[stage=1]", "track", "publish", "finish-run"]
+          "distill[stage=0]", "rerank[stage=0]", "select[stage=0]", "write-mixture[stage=0]", "pretrain[stage=1]",
+          "probe[stage=1]", "distill[stage=1]", "rerank[stage=1]", "select[stage=1]", "write-mixture[stage=1]", "track",
+          "publish", "finish-run"]
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -136,6 +136,9 @@ def test_coverage_share_gives_every_cluster_its_floor(run_copy):
 def test_rerank_measures_the_ranking_head_and_select_takes_it_in_measured_order(run_copy):
     from core import db, store
     from models.baselines import greedy_fill
+    from models.proxy_lm import probe_inputs
+    from models.tokenizer import load_tokenizer
+    from models.trainer import load_checkpoint
     from runtime.oracles import make_oracle
     from runtime.rankings import ranking_order
     from tasks.rerank import rerank_stage
@@ -157,11 +160,8 @@ def test_rerank_measures_the_ranking_head_and_select_takes_it_in_measured_order(
     assert [r[0] for r in rows] == [pool.doc_ids[i] for i in head]  # the head of the select stage's own ranking
     assert pool.n_tokens[head].sum() >= 6_000 > pool.n_tokens[head[:-1]].sum()
     # measured with the probe stage's own fine-tuned model: the same values as an oracle fine-tuned again
-    model, optimizer_state, _ = __import__("models.trainer", fromlist=["load_checkpoint"]).load_checkpoint(
-        stage.checkpoint.path)
+    model, optimizer_state, _ = load_checkpoint(stage.checkpoint.path)
     again = make_oracle(settings, model, optimizer_state, corpus.tokenized, 1)
-    from models.proxy_lm import probe_inputs
-    from models.tokenizer import load_tokenizer
     with db.connect(settings.database, read_only=True) as con:
         texts = store.texts_of(con, result.run_id, [r[0] for r in rows[:4]])
     fresh = again.measure(probe_inputs(load_tokenizer(corpus.tokenized.tokenizer_path),
