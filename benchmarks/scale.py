@@ -11,7 +11,7 @@ documents, log-log, with a linear reference).
 
 Each size is one `influmix run` in a child process, watched from outside (`benchmarks/scale_run.py`):
 ingest, filters, embed (`--embed-model`, minilm-static by default: the CPU embedder), cluster, tokenizer
-and one model-aware stage (pretrain, probe, distil, select, write) with the product's defaults otherwise,
+and one model-aware stage (pretrain, probe, distil, rerank, select, write) with the product's defaults otherwise,
 on a corpus made from the shared corpus (`benchmarks/scale_corpus.py`: ~90% distinct, 4% exact and 6%
 near copies) and the shared reference. `--whole-corpus` adds the shared corpus itself, verbatim, with the
 product's stage count. `--second-run` runs each one again with a new run id on the same database: only the
@@ -45,7 +45,7 @@ SHARED_REFERENCE = Path("/work/shared/corpus/reference.jsonl.gz")
 SAMPLE_REFERENCE = ROOT / "data" / "sample" / "reference.jsonl.gz"
 # the flow's stages in pipeline order (Prefect task names); the per-size table and the plot use this order
 FLOW_STAGES = ("start-run", "ingest", "reference", "filter", "embed", "cluster", "tokenizer", "log-progress",
-               "pretrain", "probe", "distill", "select", "write-mixture", "track", "publish", "finish-run")
+               "pretrain", "probe", "distill", "rerank", "select", "write-mixture", "track", "publish", "finish-run")
 COUNTS = ("records_read", "documents", "exact_duplicates", "near_duplicates", "quarantined", "filter.kept",
           "filter.filtered", "embed_documents", "embed_new", "embed_reused", "embed_dim", "clusters",
           "corpus_tokens", "token_counts_new", "token_counts_reused", "train_tokens", "oracle_measured",

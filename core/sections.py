@@ -292,8 +292,8 @@ class SelectSettings(_Section):
         "uniform", description="arm floors: a short arm is topped up with a uniform sample of its documents, or with "
                                "its best-ranked ones")
     rerank_factor: float = Field(
-        0.0, ge=0, description="cascade: the stage's oracle measures the ranking's head, this many times the token "
-                               "budget, and the head is taken in measured order (tasks/rerank.py); 0 = off")
+        16.0, ge=0, description="cascade: the stage's oracle measures the ranking's head, this many times the token "
+                                "budget, and the head is taken in measured order (tasks/rerank.py); 0 = off")
     exclude_previous: bool = True
 
 

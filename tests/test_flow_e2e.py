@@ -26,7 +26,7 @@ def test_every_stage_wrote_its_table(e2e_run):
     settings, result = e2e_run
     run = result.run_id
     for table in ("documents", "quarantine", "embeddings", "cluster_assignments", "probes", "influence_scores",
-                  "oracle_pulls", "mixture_members"):
+                  "oracle_pulls", "reranked_documents", "mixture_members"):
         (n,) = query(settings, f"SELECT count(*) FROM {table} WHERE run_id = ?", [run])[0]
         assert n > 0, table
     (status,) = query(settings, "SELECT status FROM runs WHERE run_id = ?", [run])[0]
@@ -99,6 +99,18 @@ def test_every_document_scored_and_assigned(e2e_run):
         assert scored == docs
     (assigned,) = query(settings, "SELECT count(*) FROM cluster_assignments WHERE run_id = ?", [result.run_id])[0]
     assert assigned == docs
+
+
+def test_the_cascade_measured_each_stages_head_and_its_mixture_came_from_it(e2e_run):
+    settings, result = e2e_run
+    for stage in range(settings.stages):
+        reranked = result.stages[stage].reranked
+        rows = query(settings, "SELECT count(*), count(*) FILTER (WHERE m.doc_id IS NOT NULL) FROM reranked_documents r "
+                               "LEFT JOIN mixture_members m USING (run_id, stage, doc_id) WHERE r.run_id = ? AND r.stage = ?",
+                     [result.run_id, stage])
+        (measured, selected), = rows
+        assert measured == reranked.measured > 0 and reranked.agreement is not None
+        assert selected == len(result.stages[stage].selection.doc_ids)  # every selected document was measured
 
 
 def test_mlflow_run_has_metrics_plots_and_registered_model(e2e_run):
