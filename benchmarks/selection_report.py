@@ -13,7 +13,7 @@ import numpy as np
 
 from benchmarks.selection_eval import tokens_to_reach
 
-SELECTION_PARTS = ("embed", "cluster", "probe", "distill_score", "select", "dsir_weights")
+SELECTION_PARTS = ("embed", "cluster", "probe", "distill_score", "rerank", "select", "dsir_weights")
 """Selection overhead: everything a method spends to choose its data except the proxy's own training
 (reported beside it: in MATES the proxy is the model being trained, here the evaluator is separate)."""
 
