@@ -31,7 +31,9 @@ Cost: O(N log N) for the queues, then O(pulls x k) for the UCB and sharing updat
 
 `arm_scores` turns the trace into one number per arm for the selection: the posterior mean reward, shrunk
 toward 0 by `prior_pulls` pseudo-pulls (an arm measured once is not trusted like one measured ten times);
-arms never pulled get 0.
+arms never pulled get 0. After the influence model has ranked the pool with them, the same oracle measures
+the head of that ranking once more (the cascade, models/cascade.py): the bandit decides where the oracle
+learns, the cascade spends it where the budget will be filled.
 """
 
 from __future__ import annotations
