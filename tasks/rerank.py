@@ -41,10 +41,12 @@ def rerank_rows(run_id: str, stage: int, doc_ids: list[str], scores: np.ndarray,
                      "measured": measured.astype(np.float64), "oracle": [oracle] * n})
 
 
-def rerank_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized, influence: Influence,
-                 probes: Probes, progress: bool = True) -> Reranked:
-    """Measure the ranking's head with the stage's oracle; write `reranked_documents` (none when off)."""
-    started = time.perf_counter()
+def measure_head(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized, influence: Influence,
+                 probes: Probes) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, str]:
+    """The head of the select stage's own ranking and what the oracle measures on it.
+
+    Returns (doc ids in ranking order, the student's scores, the oracle's values, token counts, oracle name).
+    """
     run_id, stage, cfg = influence.run_id, influence.stage, settings.select
     with db.connect(settings.database, read_only=True) as con:
         pool = store.candidates(con, run_id, stage, settings.seed, cfg.exclude_previous)
@@ -52,23 +54,37 @@ def rerank_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenize
                             cfg.rerank_factor * cfg.token_budget)
         doc_ids = [pool.doc_ids[i] for i in head]
         texts = store.texts_of(con, run_id, doc_ids)
-    measured = np.zeros(0)
+    if not len(head):
+        return doc_ids, pool.scores[head], np.zeros(0), pool.n_tokens[head], probes.oracle
+    oracle = spent_oracle(settings, checkpoint, tokenized, probes)
+    tokenizer = load_tokenizer(tokenized.tokenizer_path)
+    chunks = [doc_ids[i:i + MEASURE_CHUNK] for i in range(0, len(doc_ids), MEASURE_CHUNK)]
+    measured = np.concatenate([oracle.measure(probe_inputs(tokenizer, [texts[d] for d in chunk],
+                                                           settings.proxy.seq_len)).values for chunk in chunks])
+    return doc_ids, pool.scores[head], measured, pool.n_tokens[head], oracle.name
+
+
+def rerank_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized, influence: Influence,
+                 probes: Probes, progress: bool = True) -> Reranked:
+    """Measure the ranking's head with the stage's oracle; write `reranked_documents` (none when off).
+
+    With `rerank_factor = 0` the cascade is off: the stage only clears the stage's rows, without loading or
+    ranking the candidates.
+    """
+    started = time.perf_counter()
+    run_id, stage = influence.run_id, influence.stage
+    doc_ids, scores, measured, tokens = [], np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
     oracle_name = probes.oracle
-    if len(head):
-        oracle = spent_oracle(settings, checkpoint, tokenized, probes)
-        tokenizer = load_tokenizer(tokenized.tokenizer_path)
-        oracle_name = oracle.name
-        chunks = [doc_ids[i:i + MEASURE_CHUNK] for i in range(0, len(doc_ids), MEASURE_CHUNK)]
-        measured = np.concatenate([oracle.measure(probe_inputs(tokenizer, [texts[d] for d in chunk],
-                                                               settings.proxy.seq_len)).values for chunk in chunks])
-    scores = pool.scores[head]
+    if settings.select.rerank_factor > 0:
+        doc_ids, scores, measured, tokens, oracle_name = measure_head(settings, checkpoint, tokenized,
+                                                                      influence, probes)
     with db.connect(settings.database) as con, db.transaction(con):
         db.run(con, "delete_reranked_documents", {"run_id": run_id, "stage": stage})
-        if len(head):
+        if doc_ids:
             db.insert_arrow(con, "insert_reranked_documents",
                             rerank_rows(run_id, stage, doc_ids, scores, measured, oracle_name))
-    return Reranked(run_id=run_id, stage=stage, measured=len(head), tokens=int(pool.n_tokens[head].sum()),
-                    agreement=spearman(scores, measured) if len(head) > 2 else None,
+    return Reranked(run_id=run_id, stage=stage, measured=len(doc_ids), tokens=int(tokens.sum()),
+                    agreement=spearman(scores, measured) if len(doc_ids) > 2 else None,
                     seconds=time.perf_counter() - started)
 
 

@@ -180,7 +180,8 @@ def test_rerank_measures_the_ranking_head_and_select_takes_it_in_measured_order(
     settings.select.temperature, settings.select.rerank_factor = 0.0, 0.0
     off = rerank_stage(settings, stage.checkpoint, corpus.tokenized, stage.influence, stage.probes, progress=False)
     with db.connect(settings.database, read_only=True) as con:
-        assert off.measured == 0 and store.reranked_values(con, result.run_id, 1) == {}
+        assert off.measured == off.tokens == 0 and off.agreement is None
+        assert store.reranked_values(con, result.run_id, 1) == {}
     assert select_stage(settings, stage.influence, corpus.clustered, stage.probes, off, progress=False) == plain
 
 
