@@ -131,7 +131,8 @@ def _facts(results: list[StageResult]) -> list[dict[str, Any]]:
              "group_rewards": r.probes.group_rewards, "finetune_step": r.probes.finetune_step,
              "probe_fast_spearman": r.probes.exact_agreement,
              "influence_heldout_spearman": r.influence.heldout_spearman,
-             **({"rerank_measured": r.reranked.measured, "rerank_agreement": r.reranked.agreement}
+             **({"rerank_measured": r.reranked.measured, "rerank_agreement": r.reranked.agreement,
+                 "rerank_weight": r.reranked.weight}
                 if r.reranked is not None and r.reranked.measured else {})} for r in results]
 
 

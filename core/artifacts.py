@@ -265,11 +265,14 @@ class Reranked:
     tokens: int  # their tokens: about select.rerank_factor x the budget
     agreement: float | None  # Spearman of the influence model's scores against the measured values on the head
     seconds: float
+    estimate: str = "measured"  # what the head is ordered by: the measured values, or their shrunk estimates
+    weight: float | None = None  # shrunk: the mean weight the estimates keep on the measurements (1 = as measured)
     TABLES: ClassVar[tuple[str, ...]] = ("reranked_documents",)
 
     def as_metrics(self) -> dict[str, float]:
         metrics = {"rerank_measured": self.measured, "rerank_seconds": self.seconds}
-        return metrics | ({"rerank_agreement": self.agreement} if self.agreement is not None else {})
+        metrics |= {"rerank_agreement": self.agreement} if self.agreement is not None else {}
+        return metrics | ({"rerank_weight": self.weight} if self.weight is not None else {})
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,10 @@ class SelectSettings(_Section):
     rerank_factor: float = Field(
         16.0, ge=0, description="cascade: the stage's oracle measures the ranking's head, this many times the token "
                                 "budget, and the head is taken in measured order (tasks/rerank.py); 0 = off")
+    rerank_estimate: Literal["measured", "shrunk"] = Field(
+        "measured", description="cascade: order the head by the oracle's values as measured, or by their Fay-Herriot "
+                                "estimates (shrunk toward a regression on the influence model's score by each "
+                                "value's sampling variance; models/cascade.py)")
     exclude_previous: bool = True
 
 

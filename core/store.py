@@ -207,8 +207,8 @@ def stage_scores(con, run_id: str, stage: int) -> dict[str, float]:
 
 
 def reranked_values(con, run_id: str, stage: int) -> dict[str, float]:
-    """doc_id -> the oracle's measured value, for the documents the stage's cascade measured (tasks/rerank.py)."""
-    return {r.doc_id: r.measured for r in db.records(con, "load_reranked_documents", {"run_id": run_id, "stage": stage})}
+    """doc_id -> the value the cascade orders the head by (the measured value or its estimate; tasks/rerank.py)."""
+    return {r.doc_id: r.estimate for r in db.records(con, "load_reranked_documents", {"run_id": run_id, "stage": stage})}
 
 
 def oracle_pulls(con, run_id: str, stage: int) -> list[OraclePull]:

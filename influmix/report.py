@@ -90,6 +90,9 @@ def run_facts(result: RunResult, seconds: float) -> dict[str, Any]:
             facts[f"stage {s} cascade: head measured again (influence vs oracle Spearman)"] = (
                 f"{stage.reranked.measured:,} documents ({agreement:.2f})" if agreement is not None
                 else f"{stage.reranked.measured:,} documents")
+            if stage.reranked.weight is not None:
+                facts[f"stage {s} cascade: weight the shrunk estimates keep on the measurements"] = (
+                    round(stage.reranked.weight, 3))
         facts[f"stage {s} tokens selected / budget"] = f"{stage.selection.tokens:,} / {stage.selection.token_budget:,}"
     facts["wall time (s)"] = round(seconds, 1)
     return facts

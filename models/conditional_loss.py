@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,10 +50,9 @@ class TokenLosses:
     counts: np.ndarray
 
 
-@torch.no_grad()
-def document_losses(model: torch.nn.Module, docs: Sequence[Sequence[int]], max_batch_tokens: int = MAX_BATCH_TOKENS
-                    ) -> TokenLosses:
-    """Next-token loss sums of every document (ids, 2 to the model's context length), batched by length.
+def length_batches(docs: Sequence[Sequence[int]], max_batch_tokens: int = MAX_BATCH_TOKENS
+                   ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Yield (document indices, right-padded ids, mask of predicted positions), batched by length.
 
     Documents are sorted by length and cut into batches of at most `max_batch_tokens` padded tokens; padding
     goes on the right and is masked out, and attention is causal, so a padded row's losses are the
@@ -62,10 +61,6 @@ def document_losses(model: torch.nn.Module, docs: Sequence[Sequence[int]], max_b
     lengths = np.array([len(d) for d in docs], dtype=np.int64)
     if len(docs) and lengths.min() < 2:
         raise ValueError("every document needs at least 2 tokens (use models.proxy_lm.document_tensor)")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    sums = np.zeros(len(docs), dtype=np.float64)
     order = np.argsort(lengths, kind="stable")
     start = 0
     while start < len(order):
@@ -78,14 +73,68 @@ def document_losses(model: torch.nn.Module, docs: Sequence[Sequence[int]], max_b
         ids = torch.zeros(len(idx), width, dtype=torch.long)
         for row, i in enumerate(idx):
             ids[row, :lengths[i]] = torch.as_tensor(docs[i], dtype=torch.long)
-        ids = ids.to(device)
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
-        mask = torch.arange(width - 1, device=device)[None] < torch.as_tensor(lengths[idx] - 1, device=device)[:, None]
-        sums[idx] = (losses.view(len(idx), -1) * mask).sum(1).double().cpu().numpy()
+        mask = torch.arange(width - 1)[None] < torch.as_tensor(lengths[idx] - 1)[:, None]
+        yield idx, ids, mask
         start = end
+
+
+def token_losses(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token losses of a padded batch, (rows, width - 1), back on the CPU in float32."""
+    ids = ids.to(next(model.parameters()).device)
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
+    return losses.view(ids.size(0), -1).cpu()
+
+
+def predicted_tokens(docs: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.array([len(d) - 1 for d in docs], dtype=np.int64)
+
+
+@torch.no_grad()
+def document_losses(model: torch.nn.Module, docs: Sequence[Sequence[int]], max_batch_tokens: int = MAX_BATCH_TOKENS
+                    ) -> TokenLosses:
+    """Next-token loss sums of every document (ids, 2 to the model's context length), batched by length."""
+    was_training = model.training
+    model.eval()
+    sums = np.zeros(len(docs), dtype=np.float64)
+    for idx, ids, mask in length_batches(docs, max_batch_tokens):
+        sums[idx] = (token_losses(model, ids) * mask).sum(1).double().numpy()
     model.train(was_training)
-    return TokenLosses(sums, lengths - 1)
+    return TokenLosses(sums, predicted_tokens(docs))
+
+
+@dataclass
+class TokenDrops:
+    """Per document: both models' loss sums and the within-document variance of the per-token drop.
+
+    `drop_variance` (unbiased; NaN for a document with a single predicted token) says how noisy a
+    document's mean drop is: the mean over few tokens of a wide spread is mostly noise."""
+
+    prior: TokenLosses
+    conditional: TokenLosses
+    drop_variance: np.ndarray
+
+
+@torch.no_grad()
+def document_drops(prior: torch.nn.Module, conditional: torch.nn.Module, docs: Sequence[Sequence[int]],
+                   max_batch_tokens: int = MAX_BATCH_TOKENS) -> TokenDrops:
+    """Both models' token losses on the same batches, and the spread of their per-token difference.
+
+    The same two forward passes per document as two `document_losses` calls; the per-token drops exist only
+    while both models' losses of a batch are in hand, hence one pass over the batches for both."""
+    states = prior.training, conditional.training
+    prior.eval(), conditional.eval()
+    n = len(docs)
+    prior_sums, conditional_sums, variance = np.zeros(n), np.zeros(n), np.full(n, np.nan)
+    for idx, ids, mask in length_batches(docs, max_batch_tokens):
+        before, after = (token_losses(prior, ids) * mask).double(), (token_losses(conditional, ids) * mask).double()
+        drops, counts = before - after, mask.sum(1).double()
+        prior_sums[idx], conditional_sums[idx] = before.sum(1).numpy(), after.sum(1).numpy()
+        squares = (drops ** 2).sum(1) - drops.sum(1) ** 2 / counts
+        variance[idx] = torch.where(counts > 1, squares.clamp(min=0) / (counts - 1).clamp(min=1), torch.nan).numpy()
+    prior.train(states[0]), conditional.train(states[1])
+    counts = predicted_tokens(docs)
+    return TokenDrops(TokenLosses(prior_sums, counts), TokenLosses(conditional_sums, counts), variance)
 
 
 @dataclass(frozen=True)

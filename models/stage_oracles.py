@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.conditional_loss import FinetuneConfig, FinetuneTrace, document_losses, finetune_on_reference
+from models.conditional_loss import FinetuneConfig, FinetuneTrace, document_drops, finetune_on_reference
 from models.oracles import ProbeConfig, exact_probes, fast_probes, reference_loss
 from models.rollout import Control, RolloutConfig, rollout_effect
 
@@ -39,6 +39,8 @@ class OracleValues:
     exact: np.ndarray | None = None  # one-step: the exact probe where it ran (NaN elsewhere)
     loss_before: np.ndarray | None = None
     loss_after: np.ndarray | None = None
+    spread: np.ndarray | None = None  # conditional: within-document variance of the per-token drop (NaN: 1 token)
+    tokens: np.ndarray | None = None  # conditional: predicted tokens per document (what the values average over)
 
 
 class ConditionalOracle:
@@ -69,11 +71,11 @@ class ConditionalOracle:
         return self.trace
 
     def measure(self, docs: list[list[int]]) -> OracleValues:
-        prior, conditional = document_losses(self.prior, docs), document_losses(self.conditional, docs)
-        per_token_prior = prior.sums / prior.counts
-        per_token_conditional = conditional.sums / conditional.counts
-        values = (prior.sums - conditional.sums) / (prior.counts + self.shrink)
-        return OracleValues(values, loss_before=per_token_prior, loss_after=per_token_conditional)
+        drops = document_drops(self.prior, self.conditional, docs)
+        prior, conditional, counts = drops.prior, drops.conditional, drops.prior.counts
+        values = (prior.sums - conditional.sums) / (counts + self.shrink)
+        return OracleValues(values, loss_before=prior.sums / counts, loss_after=conditional.sums / counts,
+                            spread=drops.drop_variance, tokens=counts)
 
 
 class OneStepOracle:

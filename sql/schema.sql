@@ -173,6 +173,8 @@ CREATE TABLE IF NOT EXISTS reranked_documents (
     oracle       VARCHAR NOT NULL,
     PRIMARY KEY (run_id, stage, doc_id)
 );
+ALTER TABLE reranked_documents ADD COLUMN IF NOT EXISTS variance DOUBLE;  -- the measured value's sampling variance
+ALTER TABLE reranked_documents ADD COLUMN IF NOT EXISTS estimate DOUBLE;  -- what the head is ordered by
 
 -- Every pull of a stage's oracle bandit, in pull order: which arm, what was measured, the reward it earned.
 CREATE TABLE IF NOT EXISTS oracle_pulls (

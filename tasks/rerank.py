@@ -7,12 +7,19 @@ times the token budget, and the select stage fills the budget from that head in 
 measurements go to `reranked_documents` beside the influence model's scores, so the student's agreement
 with the oracle where it matters (the head, not the whole pool) is on record for every stage.
 
+`select.rerank_estimate = "shrunk"` orders the head by Fay-Herriot estimates instead of the raw values
+(models/cascade.py: each value shrunk toward a regression on the student's score by its sampling variance,
+the head's pooled per-token spread over its token count), against the winner's curse of a wide head; the
+variance is recorded either way.
+
 Cost: two forward passes of the proxy per measured document (about 2 x 128 tokens), no gradients.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +28,7 @@ from prefect import task
 from core import db, store
 from core.artifacts import Checkpoint, Influence, Probes, Reranked, Tokenized
 from core.config import Settings
-from models.cascade import ranking_head
+from models.cascade import pooled_variance, ranking_head, shrunk_values
 from models.proxy_lm import probe_inputs
 from models.ranking import spearman
 from models.tokenizer import load_tokenizer
@@ -29,24 +36,38 @@ from runtime.oracles import spent_oracle
 from runtime.policies import STAGE_CACHE
 from runtime.rankings import ranking_order
 
+logger = logging.getLogger(__name__)
+
 MEASURE_CHUNK = 1024
 """Documents measured per oracle call: bounds the token ids held at once on a large head."""
 
 
-def rerank_rows(run_id: str, stage: int, doc_ids: list[str], scores: np.ndarray, measured: np.ndarray,
-                oracle: str) -> pa.Table:
-    n = len(doc_ids)
-    return pa.table({"run_id": [run_id] * n, "stage": pa.array([stage] * n, pa.int32()), "doc_id": doc_ids,
-                     "ranked": pa.array(np.arange(n), pa.int32()), "score": scores.astype(np.float64),
-                     "measured": measured.astype(np.float64), "oracle": [oracle] * n})
+def rerank_rows(run_id: str, stage: int, head: MeasuredHead, estimates: np.ndarray,
+                variance: np.ndarray | None) -> pa.Table:
+    n = len(head.doc_ids)
+    return pa.table({"run_id": [run_id] * n, "stage": pa.array([stage] * n, pa.int32()), "doc_id": head.doc_ids,
+                     "ranked": pa.array(np.arange(n), pa.int32()), "score": head.scores.astype(np.float64),
+                     "measured": head.measured.astype(np.float64), "oracle": [head.oracle] * n,
+                     "variance": pa.array(variance, pa.float64()) if variance is not None else pa.nulls(n, pa.float64()),
+                     "estimate": estimates.astype(np.float64)})
+
+
+@dataclass
+class MeasuredHead:
+    """The head of the select stage's ranking (ranking order) and what the oracle measured on it."""
+
+    doc_ids: list[str]
+    scores: np.ndarray  # the influence model's
+    measured: np.ndarray
+    tokens: np.ndarray  # the pool's token counts (what the budget is filled with)
+    oracle: str
+    spread: np.ndarray | None = None  # per-token drop variance and predicted tokens, where the oracle has them
+    predicted: np.ndarray | None = None
 
 
 def measure_head(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized, influence: Influence,
-                 probes: Probes) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, str]:
-    """The head of the select stage's own ranking and what the oracle measures on it.
-
-    Returns (doc ids in ranking order, the student's scores, the oracle's values, token counts, oracle name).
-    """
+                 probes: Probes) -> MeasuredHead:
+    """Cut the select stage's own ranking at `rerank_factor` x the budget and measure that head."""
     run_id, stage, cfg = influence.run_id, influence.stage, settings.select
     with db.connect(settings.database, read_only=True) as con:
         pool = store.candidates(con, run_id, stage, settings.seed, cfg.exclude_previous)
@@ -55,13 +76,29 @@ def measure_head(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenize
         doc_ids = [pool.doc_ids[i] for i in head]
         texts = store.texts_of(con, run_id, doc_ids)
     if not len(head):
-        return doc_ids, pool.scores[head], np.zeros(0), pool.n_tokens[head], probes.oracle
+        return MeasuredHead(doc_ids, pool.scores[head], np.zeros(0), pool.n_tokens[head], probes.oracle)
     oracle = spent_oracle(settings, checkpoint, tokenized, probes)
     tokenizer = load_tokenizer(tokenized.tokenizer_path)
-    chunks = [doc_ids[i:i + MEASURE_CHUNK] for i in range(0, len(doc_ids), MEASURE_CHUNK)]
-    measured = np.concatenate([oracle.measure(probe_inputs(tokenizer, [texts[d] for d in chunk],
-                                                           settings.proxy.seq_len)).values for chunk in chunks])
-    return doc_ids, pool.scores[head], measured, pool.n_tokens[head], oracle.name
+    parts = [oracle.measure(probe_inputs(tokenizer, [texts[d] for d in doc_ids[i:i + MEASURE_CHUNK]],
+                                         settings.proxy.seq_len)) for i in range(0, len(doc_ids), MEASURE_CHUNK)]
+    has_spread = all(p.spread is not None and p.tokens is not None for p in parts)
+    return MeasuredHead(doc_ids, pool.scores[head], np.concatenate([p.values for p in parts]), pool.n_tokens[head],
+                        oracle.name, np.concatenate([p.spread for p in parts]) if has_spread else None,
+                        np.concatenate([p.tokens for p in parts]) if has_spread else None)
+
+
+def head_estimates(settings: Settings, head: MeasuredHead) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """(what the head is ordered by, each value's sampling variance, the weight kept on the measurements)."""
+    if head.spread is None or not len(head.doc_ids):
+        if settings.select.rerank_estimate == "shrunk" and len(head.doc_ids):
+            logger.warning("select.rerank_estimate = 'shrunk': the %s oracle reports no sampling variance; "
+                           "the head is ordered as measured", head.oracle)
+        return head.measured, None, None
+    variance = pooled_variance(head.spread, head.predicted, settings.probe.shrink_tokens)
+    if settings.select.rerank_estimate == "measured":
+        return head.measured, variance, None
+    estimates, weight = shrunk_values(head.measured, variance, head.scores)
+    return estimates, variance, weight
 
 
 def rerank_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized, influence: Influence,
@@ -73,19 +110,18 @@ def rerank_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenize
     """
     started = time.perf_counter()
     run_id, stage = influence.run_id, influence.stage
-    doc_ids, scores, measured, tokens = [], np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
-    oracle_name = probes.oracle
+    head = MeasuredHead([], np.zeros(0), np.zeros(0), np.zeros(0, np.int64), probes.oracle)
     if settings.select.rerank_factor > 0:
-        doc_ids, scores, measured, tokens, oracle_name = measure_head(settings, checkpoint, tokenized,
-                                                                      influence, probes)
+        head = measure_head(settings, checkpoint, tokenized, influence, probes)
+    estimates, variance, weight = head_estimates(settings, head)
     with db.connect(settings.database) as con, db.transaction(con):
         db.run(con, "delete_reranked_documents", {"run_id": run_id, "stage": stage})
-        if doc_ids:
-            db.insert_arrow(con, "insert_reranked_documents",
-                            rerank_rows(run_id, stage, doc_ids, scores, measured, oracle_name))
-    return Reranked(run_id=run_id, stage=stage, measured=len(doc_ids), tokens=int(tokens.sum()),
-                    agreement=spearman(scores, measured) if len(doc_ids) > 2 else None,
-                    seconds=time.perf_counter() - started)
+        if head.doc_ids:
+            db.insert_arrow(con, "insert_reranked_documents", rerank_rows(run_id, stage, head, estimates, variance))
+    return Reranked(run_id=run_id, stage=stage, measured=len(head.doc_ids), tokens=int(head.tokens.sum()),
+                    agreement=spearman(head.scores, head.measured) if len(head.doc_ids) > 2 else None,
+                    seconds=time.perf_counter() - started,
+                    estimate="shrunk" if weight is not None else "measured", weight=weight)
 
 
 rerank_task = task(rerank_stage, name="rerank", task_run_name="rerank[stage={influence.stage}]",

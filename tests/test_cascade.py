@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.cascade import ranking_head, rerank_head
+from models.cascade import pooled_variance, ranking_head, rerank_head, shrunk_values
 
 
 def test_the_head_is_the_shortest_prefix_holding_the_tokens():
@@ -48,3 +48,44 @@ def test_reranking_is_a_permutation_that_moves_only_the_head(n, head_tokens, see
     assert sorted(reranked.tolist()) == list(range(n)) and reranked[len(head):].tolist() == order[len(head):].tolist()
     assert np.all(np.diff(values[np.argsort(-values, kind="stable")]) <= 0)
     assert set(reranked[:len(head)].tolist()) == set(head.tolist())
+
+
+def test_pooled_variance_is_the_heads_per_token_spread_over_each_documents_tokens():
+    spread, tokens = np.array([1.0, 3.0, np.nan]), np.array([3, 5, 1])  # pooled: (2 x 1 + 4 x 3) / 6 = 7/3
+    np.testing.assert_allclose(pooled_variance(spread, tokens), [7 / 9, 7 / 15, 7 / 3])
+    np.testing.assert_allclose(pooled_variance(spread, tokens, shrink_tokens=2), [7 / 3 * 3 / 25, 7 / 3 * 5 / 49,
+                                                                                  7 / 3 / 9])
+    with pytest.raises(ValueError, match="two predicted tokens"):
+        pooled_variance([np.nan], [1])
+
+
+def test_shrunk_values_keep_precise_measurements_and_pull_noisy_ones_toward_the_students_prediction():
+    rng = np.random.default_rng(0)
+    n = 4000
+    scores = rng.normal(size=n)
+    truth = 0.5 * scores + rng.normal(scale=0.5, size=n)  # tau^2 = 0.25 around the regression
+    variance = np.where(np.arange(n) % 2 == 0, 0.01, 4.0)  # long documents, then short noisy ones
+    measured = truth + rng.normal(size=n) * np.sqrt(variance)
+    estimates, weight = shrunk_values(measured, variance, scores)
+    precise, noisy = np.arange(n) % 2 == 0, np.arange(n) % 2 == 1
+    assert np.abs(estimates[precise] - measured[precise]).mean() < 0.05  # kept (weight 0.25 / 0.26)
+    expected = 0.5 * scores[noisy] + (measured[noisy] - 0.5 * scores[noisy]) * 0.25 / 4.25  # tau^2 / (tau^2 + 4)
+    assert np.abs(estimates[noisy] - expected).mean() < 0.03  # almost the student's prediction
+    assert 0.45 < weight < 0.55  # half the documents near 1, half near 0.06
+    # the estimate is closer to the truth than the measurement, and its top holds fewer noisy documents
+    assert ((estimates - truth) ** 2).mean() < 0.5 * ((measured - truth) ** 2).mean()
+    top = np.argsort(-estimates)[:400]
+    assert noisy[top].mean() < noisy[np.argsort(-measured)[:400]].mean()
+
+
+def test_shrunk_values_edge_cases():
+    np.testing.assert_array_equal(shrunk_values([1.0, 2.0, 3.0], [1.0, 1.0, 1.0], [0, 1, 2])[0], [1.0, 2.0, 3.0])
+    same = shrunk_values([1.0, 2.0, 3.0, 6.0], [0.0] * 4, [0.5] * 4)  # no sampling noise, constant scores
+    np.testing.assert_allclose(same[0], [1.0, 2.0, 3.0, 6.0]) and same[1] == 1.0
+    flat, weight = shrunk_values([1.0, 1.1, 0.9, 1.0, 1.05], [9.0] * 5, [0, 1, 2, 3, 4])  # all noise: tau^2 = 0
+    assert weight == 0.0 and np.ptp(flat - np.polyval(np.polyfit(np.arange(5), [1.0, 1.1, 0.9, 1.0, 1.05], 1),
+                                                      np.arange(5))) < 1e-12
+    with pytest.raises(ValueError, match="non-negative"):
+        shrunk_values([1.0, 2.0], [-1.0, 1.0], [0, 1])
+    with pytest.raises(ValueError, match="one entry per"):
+        shrunk_values([1.0, 2.0], [1.0], [0, 1])

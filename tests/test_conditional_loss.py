@@ -17,6 +17,7 @@ import torch
 from models.conditional_loss import (
     FinetuneConfig,
     cross_fit_conditional_losses,
+    document_drops,
     document_losses,
     finetune_on_reference,
     split_halves,
@@ -57,6 +58,29 @@ def test_batched_document_losses_equal_each_documents_own(setup):
     np.testing.assert_array_equal(out.counts, [len(d) - 1 for d in docs])
     with pytest.raises(ValueError, match="at least 2 tokens"):
         document_losses(model, [[5]])
+
+
+def test_document_drops_give_both_losses_and_the_per_token_spread_of_their_difference(setup):
+    model, _, docs = setup
+    docs = docs[:30] + [docs[0][:2]]  # a document with one predicted token: no spread
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    other.train()
+    out = document_drops(model, other, docs, max_batch_tokens=200)
+    np.testing.assert_allclose(out.prior.sums, document_losses(model, docs).sums, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out.conditional.sums, document_losses(other, docs).sums, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        for i in (0, 7, 29):
+            ids = torch.tensor([docs[i]])
+            other.eval()
+            drop = (lm_loss(model, ids, reduction="none") - lm_loss(other, ids, reduction="none")).flatten().double()
+            assert out.drop_variance[i] == pytest.approx(float(drop.var(unbiased=True)), rel=1e-4, abs=1e-9)
+    other.train()
+    assert document_drops(model, other, docs[:3]).drop_variance.shape == (3,) and other.training
+    assert np.isnan(out.drop_variance[-1]) and np.isfinite(out.drop_variance[:-1]).all()
+    assert model.training is False  # each model's mode is restored
 
 
 def test_reference_like_documents_gain_most(setup):

@@ -169,10 +169,26 @@ def test_rerank_measures_the_ranking_head_and_select_takes_it_in_measured_order(
     np.testing.assert_allclose([r[2] for r in rows[:4]], fresh, rtol=1e-5, atol=1e-6)
 
     chosen = select_stage(settings, stage.influence, corpus.clustered, stage.probes, reranked, progress=False)
-    by_value = head[np.argsort(-np.array([r[2] for r in rows]), kind="stable")]
+    by_value = np.concatenate([head[np.argsort(-np.array([r[2] for r in rows]), kind="stable")], order[len(head):]])
     assert chosen.doc_ids == [pool.doc_ids[i] for i in greedy_fill(by_value, pool.n_tokens, 2_000)]
     plain = select_stage(settings, stage.influence, corpus.clustered, stage.probes, progress=False)
     assert plain.doc_ids != chosen.doc_ids and chosen.tokens <= 2_000
+
+    # shrunk estimates: the same head, each value's variance recorded, the budget filled in estimated order
+    settings.select.rerank_estimate = "shrunk"
+    shrunk = rerank_stage(settings, stage.checkpoint, corpus.tokenized, stage.influence, stage.probes, progress=False)
+    con = duckdb.connect(str(settings.database), read_only=True)
+    again_rows = con.execute("SELECT doc_id, measured, variance, estimate, score FROM reranked_documents "
+                             "WHERE run_id = ? AND stage = 1 ORDER BY ranked", [result.run_id]).fetchall()
+    con.close()
+    assert [r[0] for r in again_rows] == [r[0] for r in rows] and shrunk.estimate == "shrunk"
+    assert 0 < shrunk.weight < 1 and all(r[2] > 0 for r in again_rows)
+    estimates = np.array([r[3] for r in again_rows])
+    assert not np.allclose(estimates, [r[1] for r in again_rows])
+    by_estimate = np.concatenate([head[np.argsort(-estimates, kind="stable")], order[len(head):]])
+    chosen_shrunk = select_stage(settings, stage.influence, corpus.clustered, stage.probes, shrunk, progress=False)
+    assert chosen_shrunk.doc_ids == [pool.doc_ids[i] for i in greedy_fill(by_estimate, pool.n_tokens, 2_000)]
+    settings.select.rerank_estimate = "measured"
 
     settings.select.temperature = 1.0  # another ranking: the measured head is no longer its head
     with pytest.raises(ValueError, match="re-run the rerank stage"):
