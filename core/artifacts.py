@@ -265,9 +265,13 @@ class Reranked:
     tokens: int  # their tokens: about select.rerank_factor x the budget
     agreement: float | None  # Spearman of the influence model's scores against the measured values on the head
     seconds: float
-    estimate: str = "measured"  # what the head is ordered by: the measured values, or their shrunk estimates
     weight: float | None = None  # shrunk: the mean weight the estimates keep on the measurements (1 = as measured)
     TABLES: ClassVar[tuple[str, ...]] = ("reranked_documents",)
+
+    @property
+    def estimate(self) -> str:
+        """What the head was ordered by: the measured values, or their shrunk estimates (a weight is kept)."""
+        return "measured" if self.weight is None else "shrunk"
 
     def as_metrics(self) -> dict[str, float]:
         metrics = {"rerank_measured": self.measured, "rerank_seconds": self.seconds}

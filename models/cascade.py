@@ -8,17 +8,18 @@ times the token budget (`select.rerank_factor`), and the budget is then filled f
 order. With a factor of 1 the cascade changes only the order of the selection; as the factor grows it tends
 to a top-k on the oracle itself (CoLoR-Filter's selection).
 
-The winner's curse: sorting measured values and taking the top favours the values that noise pushed up,
-and a per-token mean over few tokens is noisy. The wider the head, the more such documents it holds: at 32x
-the budget the speech mixture's share of records under 100 characters was 21% against 11.5% at 16x (3
-seeds), for no better loss. `shrunk_values` is the textbook answer (Fay and Herriot 1979; Efron and Morris 1975): each measured
-value is a noisy reading of the document's true value with a known sampling variance (the per-token spread
-over its token count), the prior is a regression of the measured values on the influence model's score,
-and the estimate is the precision-weighted mix of the two, with the prior's variance fitted by moments
-(Prasad and Rao 1990). A long document keeps its measurement; a short one moves toward what the student
-predicted for it, not toward zero, so short documents that look like the target stay (a fixed shrink toward
-zero, `probe.shrink_tokens`, pushed out the speech target's short transcripts and lost 0.04). Written here
-because the estimator is a dozen lines of numpy and the libraries that have it (R's `sae`) are not Python.
+The winner's curse: sorting measured values and taking the top favours the values that noise pushed up, and
+a per-token mean over few tokens is noisy. The wider the head, the more such documents it holds: at 32x the
+budget the speech mixture's share of records under 100 characters was 21% against 11.5% at 16x (3 seeds),
+for no better loss. `shrunk_values` is the textbook answer (Fay and Herriot 1979; Efron and Morris 1975):
+each measured value is a noisy reading of the document's true value with a known sampling variance (the
+per-token spread over its token count), the prior is a regression of the measured values on the influence
+model's score, and the estimate is the precision-weighted mix of the two, with the prior's variance fitted
+by moments (Prasad and Rao 1990). A long document keeps its measurement; a short one moves toward what the
+student predicted for it, not toward zero, so short documents that look like the target stay (a fixed shrink
+toward zero, `probe.shrink_tokens`, pushed out the speech target's short transcripts and lost 0.04). Written
+here because the estimator is a dozen lines of numpy and the libraries that have it (R's `sae`) are not
+Python.
 
 Pure numpy: the measurement itself is the stage's oracle (models/stage_oracles.py), run by tasks/rerank.py.
 """

@@ -64,6 +64,11 @@ class MeasuredHead:
     spread: np.ndarray | None = None  # per-token drop variance and predicted tokens, where the oracle has them
     predicted: np.ndarray | None = None
 
+    @classmethod
+    def nothing(cls, oracle: str) -> MeasuredHead:
+        """No head: the cascade is off, or the stage has no candidates."""
+        return cls([], np.zeros(0), np.zeros(0), np.zeros(0, np.int64), oracle)
+
 
 def measure_head(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized, influence: Influence,
                  probes: Probes) -> MeasuredHead:
@@ -76,7 +81,7 @@ def measure_head(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenize
         doc_ids = [pool.doc_ids[i] for i in head]
         texts = store.texts_of(con, run_id, doc_ids)
     if not len(head):
-        return MeasuredHead(doc_ids, pool.scores[head], np.zeros(0), pool.n_tokens[head], probes.oracle)
+        return MeasuredHead.nothing(probes.oracle)
     oracle = spent_oracle(settings, checkpoint, tokenized, probes)
     tokenizer = load_tokenizer(tokenized.tokenizer_path)
     parts = [oracle.measure(probe_inputs(tokenizer, [texts[d] for d in doc_ids[i:i + MEASURE_CHUNK]],
@@ -88,11 +93,16 @@ def measure_head(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenize
 
 
 def head_estimates(settings: Settings, head: MeasuredHead) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-    """(what the head is ordered by, each value's sampling variance, the weight kept on the measurements)."""
-    if head.spread is None or not len(head.doc_ids):
-        if settings.select.rerank_estimate == "shrunk" and len(head.doc_ids):
-            logger.warning("select.rerank_estimate = 'shrunk': the %s oracle reports no sampling variance; "
-                           "the head is ordered as measured", head.oracle)
+    """(what the head is ordered by, each value's sampling variance, the weight kept on the measurements).
+
+    No variance where the oracle reports no per-token spread (one-step probes) or no measured document has
+    two predicted tokens to have one: the head is then ordered as measured."""
+    if not head.doc_ids:
+        return head.measured, None, None
+    if head.spread is None or not np.isfinite(head.spread).any():
+        if settings.select.rerank_estimate == "shrunk":
+            logger.warning("select.rerank_estimate = 'shrunk': the %s oracle's head has no sampling variance; "
+                           "it is ordered as measured", head.oracle)
         return head.measured, None, None
     variance = pooled_variance(head.spread, head.predicted, settings.probe.shrink_tokens)
     if settings.select.rerank_estimate == "measured":
@@ -110,9 +120,8 @@ def rerank_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenize
     """
     started = time.perf_counter()
     run_id, stage = influence.run_id, influence.stage
-    head = MeasuredHead([], np.zeros(0), np.zeros(0), np.zeros(0, np.int64), probes.oracle)
-    if settings.select.rerank_factor > 0:
-        head = measure_head(settings, checkpoint, tokenized, influence, probes)
+    head = (measure_head(settings, checkpoint, tokenized, influence, probes) if settings.select.rerank_factor > 0
+            else MeasuredHead.nothing(probes.oracle))
     estimates, variance, weight = head_estimates(settings, head)
     with db.connect(settings.database) as con, db.transaction(con):
         db.run(con, "delete_reranked_documents", {"run_id": run_id, "stage": stage})
@@ -120,8 +129,7 @@ def rerank_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenize
             db.insert_arrow(con, "insert_reranked_documents", rerank_rows(run_id, stage, head, estimates, variance))
     return Reranked(run_id=run_id, stage=stage, measured=len(head.doc_ids), tokens=int(head.tokens.sum()),
                     agreement=spearman(head.scores, head.measured) if len(head.doc_ids) > 2 else None,
-                    seconds=time.perf_counter() - started,
-                    estimate="shrunk" if weight is not None else "measured", weight=weight)
+                    seconds=time.perf_counter() - started, weight=weight)
 
 
 rerank_task = task(rerank_stage, name="rerank", task_run_name="rerank[stage={influence.stage}]",

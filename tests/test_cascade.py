@@ -3,6 +3,8 @@ influence model's ranking, exactly the prefix holding the requested tokens, and 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -81,7 +83,8 @@ def test_shrunk_values_keep_precise_measurements_and_pull_noisy_ones_toward_the_
 def test_shrunk_values_edge_cases():
     np.testing.assert_array_equal(shrunk_values([1.0, 2.0, 3.0], [1.0, 1.0, 1.0], [0, 1, 2])[0], [1.0, 2.0, 3.0])
     same = shrunk_values([1.0, 2.0, 3.0, 6.0], [0.0] * 4, [0.5] * 4)  # no sampling noise, constant scores
-    np.testing.assert_allclose(same[0], [1.0, 2.0, 3.0, 6.0]) and same[1] == 1.0
+    np.testing.assert_allclose(same[0], [1.0, 2.0, 3.0, 6.0])
+    assert same[1] == 1.0
     flat, weight = shrunk_values([1.0, 1.1, 0.9, 1.0, 1.05], [9.0] * 5, [0, 1, 2, 3, 4])  # all noise: tau^2 = 0
     assert weight == 0.0 and np.ptp(flat - np.polyval(np.polyfit(np.arange(5), [1.0, 1.1, 0.9, 1.0, 1.05], 1),
                                                       np.arange(5))) < 1e-12
@@ -89,3 +92,29 @@ def test_shrunk_values_edge_cases():
         shrunk_values([1.0, 2.0], [-1.0, 1.0], [0, 1])
     with pytest.raises(ValueError, match="one entry per"):
         shrunk_values([1.0, 2.0], [1.0], [0, 1])
+
+
+def test_a_head_without_sampling_variance_is_ordered_as_measured():
+    """An oracle with no per-token spread (one-step probes), or a head of 2-token documents (one predicted
+    token each, so no spread), orders the head as measured in either mode: the variance is only recorded."""
+    from core.config import Settings
+    from tasks.rerank import MeasuredHead, head_estimates
+
+    settings = Settings()
+    measured = np.array([0.3, 0.1, 0.2, 0.5])
+    common = ([f"d{i}" for i in range(4)], np.array([1.0, 0.0, 0.5, 2.0]), measured, np.array([2, 2, 2, 2]), "x")
+    no_spread = MeasuredHead(*common, spread=np.full(4, np.nan), predicted=np.ones(4, np.int64))
+    one_step = MeasuredHead(*common)
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("tasks.rerank").addHandler(handler)
+    for head in (no_spread, one_step):
+        for estimate in ("measured", "shrunk"):
+            settings.select.rerank_estimate = estimate
+            values, variance, weight = head_estimates(settings, head)
+            np.testing.assert_array_equal(values, measured)
+            assert variance is None and weight is None
+    logging.getLogger("tasks.rerank").removeHandler(handler)
+    assert len(warnings) == 2 and all("ordered as measured" in w for w in warnings)  # once per head, when shrunk
+    assert head_estimates(settings, MeasuredHead.nothing("x"))[0].size == 0
