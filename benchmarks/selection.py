@@ -264,7 +264,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     report.summarise(results)
     plot_path, table_path = out.with_name(out.stem + "_loss_vs_tokens.png"), out.with_suffix(".md")
     report.plot(results, plot_path)
-    table_path.write_text(report.table(results))
+    table_path.write_text(report.markdown(results))
     results["artifacts"] = {"plot": plot_path.name, "table": table_path.name}
     results["mlflow"] = {"tracking_uri": tracking_uri, "experiment": cfg.experiment,
                          "runs": report.log_mlflow(results, tracking_uri, cfg.experiment, [plot_path, table_path])}

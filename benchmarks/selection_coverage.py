@@ -51,11 +51,10 @@ from benchmarks.selection import (
     packed_rows,
     selection_key,
 )
+from benchmarks.selection_goal import GUARD_NATS, against_random
 from benchmarks.selection_merge import PER_FOLDER, config_differences, result_view
 from benchmarks.selection_report import mean_pm_std, seed_stats
 
-GUARD_NATS = 0.5
-"""The issue's guard: no pool domain may lose more than this to random."""
 UNIFORM_STREAM = 1000
 """The uniform sample's random stream: a benchmark method index that no selector has."""
 
@@ -123,17 +122,6 @@ def seed_clusters(settings, workdir: Path) -> dict[str, int]:
     with db.connect(settings.database, read_only=True) as con:
         pool = store.candidates(con, RUN_ID, 0, settings.seed, False)
     return dict(zip(pool.doc_ids, pool.cluster_ids.tolist()))
-
-
-def against_random(final: dict[str, Any], curve: list[dict[str, Any]], random: dict[str, Any]) -> dict[str, Any]:
-    """Each pool domain's loss minus random's (same seed), the worst of them, and the tokens to random's loss."""
-    from benchmarks.selection_eval import tokens_to_reach
-
-    excess = {d: final["pool_domain_loss"][d] - loss for d, loss in random["final"]["pool_domain_loss"].items()}
-    reach = tokens_to_reach(curve, random["final"]["heldout_reference_loss"])
-    return {"domain_excess": excess, "worst_domain": max(excess, key=excess.get),
-            "worst_excess": max(excess.values()), "domains_over_guard": sum(v > GUARD_NATS for v in excess.values()),
-            "tokens_to_random": None if reach is None else reach / random["tokens"]}
 
 
 def summarise(results: dict[str, Any]) -> None:

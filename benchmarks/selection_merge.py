@@ -89,7 +89,7 @@ def write_merged(results: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_path, table_path = out.with_name(out.stem + "_loss_vs_tokens.png"), out.with_suffix(".md")
     report.plot(results, plot_path)
-    table_path.write_text(report.table(results))
+    table_path.write_text(report.markdown(results))
     results["artifacts"] = {"plot": plot_path.name, "table": table_path.name}
     write_json(results, out)
 

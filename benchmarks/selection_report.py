@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.selection_eval import tokens_to_reach
+from benchmarks.selection_goal import card_table, goal_cards
 
 SELECTION_PARTS = ("embed", "cluster", "probe", "distill_score", "rerank", "select", "dsir_weights")
 """Selection overhead: everything a method spends to choose its data except the proxy's own training
@@ -87,6 +88,7 @@ def summarise(results: dict[str, Any]) -> None:
         quality = [r["selection"]["mixture_quality"] for r in runs if "mixture_quality" in r["selection"]]
         if quality:  # results from before the quality shares were measured have none
             method["mixture_quality"] = {k: float(np.mean([q[k] for q in quality])) for k in quality[0]}
+    results["goal"] = goal_cards(results)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -147,6 +149,12 @@ def table(results: dict[str, Any]) -> str:
                      f"{mean_pm_std(m['cloze_accuracy'])} ({mean_pm_std(m['cloze_target_loss'], 2)}) | {split} | {share[0]} {share[1]:.0%} | "
                      f"{quality} | {over['time_fraction']:.2f} / {over['flops_fraction']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results file's markdown: the headline table, then the goal's card where the baselines ran."""
+    cards = results.get("goal") or goal_cards(results)
+    return table(results) + (f"\nThe goal, per method (benchmarks/selection_goal.py):\n\n{card_table(cards)}" if cards else "")
 
 
 def log_mlflow(results: dict[str, Any], tracking_uri: str, experiment: str, artifacts: list[Path]) -> dict[str, str]:

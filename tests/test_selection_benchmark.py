@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import selection, selection_coverage, selection_merge
+from benchmarks import selection, selection_coverage, selection_goal, selection_merge
 from benchmarks.selection_eval import tokens_to_reach
 from benchmarks.selection_methods import MODEL_AWARE
 
@@ -60,6 +60,8 @@ def test_tiny_selection_benchmark_writes_every_method_and_resumes(tmp_path: Path
     assert png.stat().st_size > 0
     assert all(f"| {name} |" in table.read_text() for name in METHODS)
     assert set(result["mlflow"]["runs"]) == set(METHODS)
+    assert set(result["goal"]) == set(METHODS) - {"random", "dsir", "domain_oracle"}
+    assert "The goal, per method" in table.read_text() and result["goal"]["influmix"]["seeds"] == [0]
     store = sqlite3.connect(str(tmp_path / "work" / "mlflow.db"))
     names = {r[0] for r in store.execute("SELECT name FROM runs WHERE lifecycle_stage = 'active'")}
     assert names == set(METHODS)
@@ -142,3 +144,32 @@ def test_reference_split_keeps_documents_whole_and_both_domains_on_both_sides() 
     pieces = passages(visible, words=40, seed=0)
     assert [p["id"] for p in pieces] == sorted(p["id"] for p in pieces)
     assert sum(len(p["text"].split()) for p in pieces) == sum(len(r["text"].split()) for r in visible)
+
+
+def _seed_run(loss: float, domains: dict[str, float], curve: list[tuple[int, float]]) -> dict:
+    return {"final": {"heldout_reference_loss": loss, "pool_domain_loss": domains}, "tokens": curve[-1][0],
+            "curve": [{"tokens": t, "heldout_reference_loss": v} for t, v in curve]}
+
+
+def test_goal_card_checks_every_part_per_seed_and_pairs_seeds() -> None:
+    """Seeds that move every method together: the unpaired gap misses two sigmas, the paired one is clear;
+    a method at 0.30x of random's tokens on every seed meets the token goal; one domain at +0.6 fails the guard."""
+    shift = {"0": 0.0, "1": 0.2, "2": -0.2}
+    random = {s: _seed_run(7.0 + d, {"a": 7.0, "b": 7.0}, [(0, 9.0), (100, 7.0 + d)]) for s, d in shift.items()}
+    dsir = {s: _seed_run(6.5 + d, {"a": 7.2, "b": 7.9}, [(0, 9.0), (100, 6.5 + d)]) for s, d in shift.items()}
+    mix = {s: _seed_run(6.9 + d, {"a": 7.0, "b": 7.0}, [(0, 9.0), (100, 6.9 + d)]) for s, d in shift.items()}
+    ours = {s: _seed_run(6.4 + d + 0.001 * int(s), {"a": 7.1, "b": 7.6 if s == "1" else 7.4},
+                         [(0, 9.0), (10, 8.0), (30, 6.9 + d), (100, 6.4 + d)]) for s, d in shift.items()}
+    results = {"methods": {"random": {"seeds": random}, "dsir": {"seeds": dsir}, "domain_oracle": {"seeds": mix},
+                           "influmix": {"seeds": ours}}}
+    card = selection_goal.goal_cards(results)["influmix"]
+    vs_dsir = card["loss"]["dsir"]
+    assert abs(vs_dsir["gap"] - 0.099) < 1e-9 and not vs_dsir["met"]  # seeds spread 0.2: under two sigmas
+    assert vs_dsir["every_seed_ahead"] and vs_dsir["paired_sigmas"] > 50 and vs_dsir["paired_seeds"] == [0, 1, 2]
+    assert card["tokens"]["met"] and all(r < 0.35 for r in card["tokens"]["per_seed"])
+    assert not card["guard"]["met"] and card["guard"]["worst"]["1"][0] == "b"
+    assert abs(card["guard"]["worst"]["1"][1] - 0.6) < 1e-9 and card["guard"]["domains_over"] == {"0": 0, "1": 1, "2": 0}
+    assert not card["met"]
+    assert "| influmix |" in selection_goal.card_table({"influmix": card})
+    del results["methods"]["dsir"]
+    assert selection_goal.goal_cards(results) == {}  # no card without both baselines
