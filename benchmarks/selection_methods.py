@@ -7,10 +7,10 @@ retrains its tokenizer in that run, then the methods select in turn:
 * model-aware methods (`MODEL_AWARE`): the pipeline's own stages with the product defaults plus the
   method's settings overrides (`VARIANTS`), through the flow's own stage loop (benchmarks/
   selection_trajectories.py): `influmix` is exactly `influmix run`'s defaults; `topk_influence` is MATES
-  (one-step probes, uniformly sampled, top-k on the distilled scores); the `influmix_no_*` rows are the
-  ablation, each the product minus one part.
-* `bandit_static` (= the ablation "without model-aware stages"): stage 0's measurements and influence model
-  used for every stage.
+  (one-step probes, uniformly sampled, top-k on the distilled scores); the other `influmix_*` rows are the
+  ablation, each the product minus one part (or, for `influmix_bandit` and `influmix_tokens`, plus one).
+* `bandit_static` (= the ablation "without model-aware stages"; the name is older than the defaults):
+  stage 0's measurements and influence model used for every stage, without the cascade.
 
 `influmix` runs last so that the run's tables end up holding the product's mixture, as `influmix show`
 would show it. A method never selects a document twice across stages.
@@ -42,20 +42,27 @@ from models.baselines import greedy_fill, select_topk
 from tasks.cluster import cluster_documents
 from tasks.tokenizer import train_tokenizer
 
+BANDIT = ['probe.sampling="bandit"', "probe.group_rollouts=true", 'select.method="bandit"']
+"""The oracle-driven bandit with its group rewards: the defaults until the cascade made it tie (README)."""
 VARIANTS: dict[str, list[str]] = {
     "topk_influence": ['probe.oracle="one_step"', 'probe.sampling="uniform"', "probe.group_rollouts=false",
                        'select.method="topk"'],
     "influmix_no_bandit": ['probe.sampling="uniform"', "probe.group_rollouts=false", 'select.method="topk"'],
-    "influmix_no_group": ["probe.group_rollouts=false"],
+    "influmix_bandit": BANDIT,
+    "influmix_no_group": [*BANDIT[:1], "probe.group_rollouts=false", *BANDIT[2:]],
     "influmix_no_student": ['select.method="arms"'],
     "influmix_no_tokens": ['distill.features="embedding"'],
     "influmix_tokens": ['distill.features="tokens"'],
     "influmix_no_history": ["distill.history_stages=0"],
     "influmix": [],
 }
-"""Each model-aware method's settings on top of the benchmark's `[pipeline]` (product defaults but sizes)."""
+"""Each model-aware method's settings on top of the benchmark's `[pipeline]` (product defaults but sizes).
+The sampling variants spell out all three settings, not their difference from today's defaults, so they mean
+the same since the defaults changed: `influmix_no_bandit` is what the defaults became (its cached mixtures
+and results keep their name); `influmix_no_student` and the rest are the defaults of when they ran."""
 METHODS = ("random", "dsir", "topk_influence", "bandit_static", "domain_oracle", "influmix_no_bandit",
-           "influmix_no_group", "influmix_no_student", "influmix_no_tokens", "influmix_tokens", "influmix_no_history",
+           "influmix_bandit", "influmix_no_group", "influmix_no_student", "influmix_no_tokens", "influmix_tokens",
+           "influmix_no_history",
            "influmix")
 MODEL_AWARE = (*VARIANTS, "bandit_static")
 STATIC = ("random", "dsir", "domain_oracle")

@@ -227,14 +227,17 @@ class ProxySettings(_Section):
 
 
 class ProbeSettings(_Section):
-    """The stage's oracle and the bandit that spends it (tasks/probe.py, models/bandit.py)."""
+    """The stage's oracle and how its budget is spent: a uniform sample of the pool, or the oracle bandit
+    (tasks/probe.py, models/bandit.py)."""
 
     oracle: Literal["conditional", "one_step"] = Field(
         "conditional", description="conditional: a document's loss drop under the checkpoint briefly fine-tuned on half "
                                    "the reference (CoLoR); one_step: MATES's one AdamW step on the document")
     budget: int = Field(512, ge=8, description="documents the oracle measures per stage")
     sampling: Literal["bandit", "uniform"] = Field(
-        "bandit", description="bandit: the oracle bandit chooses each pull's arm; uniform: a random sample of the pool")
+        "uniform", description="uniform: a random sample of the pool (the default: with the cascade on, the bandit "
+                               "tied it at twice the probe stage's time); bandit: the oracle bandit chooses each "
+                               "pull's arm")
     pull_size: int = Field(8, ge=1, description="documents measured per bandit pull")
     ucb_alpha: float = Field(1.0, ge=0, description="exploration of the oracle bandit")
     warm_pulls: int = Field(1, ge=0, description="pulls of every arm before the bandit chooses")
@@ -246,8 +249,8 @@ class ProbeSettings(_Section):
     finetune_lr: float | None = Field(None, gt=0, description="conditional oracle: default the proxy's peak lr")
     shrink_tokens: float = Field(0.0, ge=0, description="conditional oracle: pseudo-tokens a document's mean drop is "
                                                          "shrunk by (a length prior)")
-    group_rollouts: bool = Field(True, description="each arm's group reward: a short rollout on a batch of it, minus a "
-                                                   "random pool batch's")
+    group_rollouts: bool = Field(False, description="bandit sampling: each arm's group reward, a short rollout on a "
+                                                    "batch of it minus a random pool batch's")
     rollout_steps: int = Field(4, ge=1)
     rollout_rows_per_step: int = Field(8, ge=1)
     control_batches: int = Field(4, ge=1, description="random pool batches the rollout control averages")
@@ -279,8 +282,8 @@ class DistillSettings(_Section):
 
 class SelectSettings(_Section):
     method: Literal["bandit", "topk", "arms"] = Field(
-        "bandit", description="bandit: the influence scores plus each arm's measured reward; topk: the scores alone; "
-                              "arms: the arm rewards alone")
+        "topk", description="topk: the influence scores alone (the default); bandit: plus each arm's measured reward "
+                            "(with probe.sampling = bandit); arms: the arm rewards alone")
     token_budget: int = Field(50_000, ge=1, description="tokens per stage's mixture")
     arm_weight: float = Field(1.0, ge=0, description="bandit: weight of an arm's measured reward (z units) in the ranking")
     prior_pulls: float = Field(2.0, ge=0, description="bandit: pseudo-pulls an arm's reward is shrunk toward 0 by")

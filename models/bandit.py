@@ -1,5 +1,9 @@
 """The oracle bandit: it decides where a stage's oracle budget is spent, and learns which arms are good.
 
+An option, not the default (`probe.sampling = "bandit"`): with the cascade on (tasks/rerank.py), a uniform
+sample of the pool (one arm: this same code with every document in arm 0) tied it on both benchmark
+targets at half the probe stage's time, so by the ablation's rule it left the defaults (README).
+
 Why a bandit: the oracle (a real measurement of what documents do to the reference loss, see
 tasks/probe.py) is the expensive part of a stage, and the pool is far larger than what it can measure.
 The arms are k-means clusters of the pool; most of them hold nothing the target needs. A bandit spends the

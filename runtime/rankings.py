@@ -1,10 +1,12 @@
 """The selection rankings, by name (`select.method`): the select stage cuts the budget from one, and the
 rerank stage (the cascade) measures the head of the very same one, so both must order candidates alike.
 
-* `bandit` (default): the influence z-score (over the candidates) plus `select.arm_weight` times the arm's
-  posterior reward from the oracle bandit: the influence model ranks documents, the measured arm rewards
-  say which regions of the pool to trust it in.
-* `topk`: the influence scores alone (MATES).
+* `topk` (default): the influence scores alone (MATES). The cascade (tasks/rerank.py) then measures the
+  head of this ranking again with the oracle.
+* `bandit`: the influence z-score (over the candidates) plus `select.arm_weight` times the arm's posterior
+  reward from the oracle bandit (`probe.sampling = "bandit"`): the influence model ranks documents, the
+  measured arm rewards say which regions of the pool to trust it in. Measured at the cascade defaults
+  (README, the ablation), it tied `topk` with uniform probes, at twice the probe stage's time.
 * `arms`: the arm rewards alone, documents inside an arm in seeded random order (no influence model).
 
 Gumbel-top-k at `select.temperature` (0 = plain top-k), seeded per stage.

@@ -1,12 +1,13 @@
-"""Probe stage: the oracle bandit spends the stage's measurement budget on the pool's arms.
+"""Probe stage: the stage's measurement budget, spent on a uniform sample of the pool or by the oracle bandit.
 
 From the stage checkpoint, an oracle (`probe.oracle`, models/stage_oracles.py) measures what documents do
-to the reference loss: by default the conditional loss reduction (CoLoR), else MATES's one-step probe. The
-bandit (models/bandit.py) chooses which arm (cluster) each pull of `probe.pull_size` documents comes from,
-rewarding it with what was measured, plus, once per arm, a group reward from a short rollout on a batch
-of the arm (`probe.group_rollouts`). Every measured document becomes a training label of the influence
-model (a seeded `heldout_fraction` judges it instead); each arm's posterior reward goes on to the
-selection. Cross-fitting: the conditional oracle fine-tunes on the reference's fit half, and every value,
+to the reference loss: by default the conditional loss reduction (CoLoR), else MATES's one-step probe. By
+default (`probe.sampling = "uniform"`) the documents are a seeded uniform sample of the pool (the bandit's
+code with one arm, the pool). With `"bandit"`, the bandit (models/bandit.py) chooses which arm (cluster)
+each pull of `probe.pull_size` documents comes from, rewarding it with what was measured, plus, once per
+arm, a group reward from a short rollout on a batch of the arm (`probe.group_rollouts`). Every measured
+document becomes a training label of the influence model (a seeded `heldout_fraction` judges it
+instead); with the bandit, each arm's posterior reward goes on to the selection. Cross-fitting: the conditional oracle fine-tunes on the reference's fit half, and every value,
 rollout and loss is taken on the measure half.
 """
 

@@ -102,6 +102,11 @@ def tiny_overrides(run_dir: Path, corpus_records: int = 240) -> list[str]:
     ]
 
 
+BANDIT_PATH = ['probe.sampling="bandit"', "probe.group_rollouts=true", 'select.method="bandit"']
+"""The shared end-to-end run spends its probes with the oracle bandit and its group rewards, an option since
+the cascade made it tie (the defaults run in `second_run` and `make demo`): the bandit's tests read its rows."""
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test server for the session (~14 s to start)."""
@@ -118,17 +123,17 @@ def e2e_run(tmp_path_factory, prefect_harness):
     from flows.curate import curate
 
     run_dir = tmp_path_factory.mktemp("e2e") / "runs"
-    overrides = tiny_overrides(run_dir)
+    overrides = [*tiny_overrides(run_dir), *BANDIT_PATH]
     result = curate(None, overrides)
     return load_settings(None, overrides), result
 
 
 @pytest.fixture(scope="session")
 def second_run(e2e_run):
-    """A second run beside the first, with other bandit settings: what `influmix compare` is for."""
+    """A second run beside the first, with the product's own defaults (uniform probes, no rollouts, top-k and
+    the cascade) where the first ran the bandit: what `influmix compare` is for."""
     from flows.curate import curate
 
     settings, _ = e2e_run
-    overrides = [*tiny_overrides(settings.run_dir), "probe.ucb_alpha=0.0", "select.arm_weight=0.5",
-                 "track.registered_model=influmix-influence-second"]
+    overrides = [*tiny_overrides(settings.run_dir), "track.registered_model=influmix-influence-second"]
     return curate(None, overrides)

@@ -11,7 +11,7 @@ import pytest
 
 from core import db
 from runtime.policies import STAGE_CACHE
-from tests.conftest import SAMPLE, tiny_overrides
+from tests.conftest import BANDIT_PATH, SAMPLE, tiny_overrides
 
 CACHED_STAGES = {"ingest", "reference", "embed", "cluster", "tokenizer", "pretrain", "probe", "distill", "rerank",
                  "select", "write-mixture", "track"}
@@ -55,7 +55,8 @@ def test_rerun_of_a_finished_run_reuses_every_stage(e2e_run):
 
     settings, first = e2e_run
     before, counts = mixture_rows(settings, first.run_id), table_counts(settings, first.run_id)
-    state = curate(None, [*tiny_overrides(settings.run_dir), f'run_id="{first.run_id}"'], return_state=True)
+    state = curate(None, [*tiny_overrides(settings.run_dir), *BANDIT_PATH, f'run_id="{first.run_id}"'],
+                   return_state=True)
     assert state.is_completed()
     again = state.result()
     with get_client(sync_client=True) as client:

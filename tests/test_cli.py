@@ -76,7 +76,7 @@ def test_compare_two_runs(e2e_run, second_run):
                     "--set", f'run_dir="{settings.run_dir}"')
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "probe.ucb_alpha" in out and "select.arm_weight" in out  # the config differences
+    assert "probe.sampling" in out and "select.method" in out  # the config differences
     assert "token share by domain" in out and "Jaccard" in out
     assert first.tracked.mlflow_run_id in out and second_run.tracked.mlflow_run_id in out
 

@@ -272,3 +272,23 @@ def test_a_failed_flow_marks_its_run_failed_and_raises_the_user_error(tmp_path, 
     (mlflow_run_id,) = query(settings, "SELECT mlflow_run_id FROM runs WHERE run_id = 'doomed'")[0]
     run = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri).get_run(mlflow_run_id)
     assert run.info.status == "FAILED" and "cluster.k" in run.data.tags["influmix.failure"]
+
+
+def test_the_defaults_measure_a_uniform_sample_and_cascade_the_top_k(e2e_run, second_run):
+    """The product's own path (the shared run takes the bandit's): the probe stage measures its budget as one
+    arm, the pool, with no group rollouts; the mixture is the influence model's top-k, cascaded."""
+    from core import db, store
+
+    settings, _ = e2e_run
+    with db.connect(settings.database, read_only=True) as con:
+        for stage in range(settings.stages):
+            probes, selection = second_run.stages[stage].probes, second_run.stages[stage].selection
+            pulls = store.oracle_pulls(con, second_run.run_id, stage)
+            assert {p.cluster_id for p in pulls} == {0} and all(p.group_reward is None for p in pulls)
+            assert sum(p.n_measured for p in pulls) == probes.measured == settings.probe.budget
+            assert probes.arms_pulled == 0 and probes.group_rewards == 0 and not any(probes.arm_scores)
+            (clusters,) = query(settings, "SELECT count(DISTINCT a.cluster_id) FROM probes p JOIN cluster_assignments a "
+                                "ON a.run_id = p.run_id AND a.doc_id = p.doc_id WHERE p.run_id = ? AND p.stage = ?",
+                                [second_run.run_id, stage])[0]
+            assert clusters > 1  # a sample of the whole pool, not of one arm
+            assert selection.selector == "topk" and second_run.stages[stage].reranked.measured > 0

@@ -18,7 +18,7 @@ import pytest
 
 from core.config import ConfigError
 from runtime.shards import connect_ray, disconnect_ray, shard_bounds, split_table, tag_pages
-from tests.conftest import free_port, tiny_overrides
+from tests.conftest import BANDIT_PATH, free_port, tiny_overrides
 
 pytestmark = pytest.mark.services
 RAY = Path(sys.executable).with_name("ray")
@@ -114,7 +114,7 @@ def test_ray_runner_gives_the_default_runners_mixture(e2e_run, ray_head, tmp_pat
 
     settings, default = e2e_run
     started = time.perf_counter()
-    result = curate(None, [*tiny_overrides(tmp_path / "runs"), 'runner.kind="ray"',
+    result = curate(None, [*tiny_overrides(tmp_path / "runs"), *BANDIT_PATH, 'runner.kind="ray"',
                            f'runner.ray_address="{ray_head}"', "runner.shards=3"])
     print(f"Ray run: {time.perf_counter() - started:.1f} s")
     on_ray, by_default = _snapshot(result.database, result.run_id), _snapshot(default.database, default.run_id)

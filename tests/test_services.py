@@ -161,10 +161,10 @@ def trigger(settings, extra: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def served_runs(scheduled):
-    """The first scheduled run of curate-soon and a triggered run of curate-adhoc with other bandit settings
-    (triggered while the scheduled one is not due yet)."""
+    """The first scheduled run of curate-soon (the defaults) and a triggered run of curate-adhoc that spends
+    its probes with the oracle bandit (triggered while the scheduled one is not due yet)."""
     settings, upcoming = scheduled
-    triggered = trigger(settings, ["probe.ucb_alpha=0.0", "select.arm_weight=0.5"])
+    triggered = trigger(settings, ['probe.sampling="bandit"', 'select.method="bandit"'])
     first = wait_finished(settings, upcoming[0].id)
     return settings, [str(first.id), triggered]
 
@@ -296,7 +296,7 @@ def test_compare_two_served_runs(served_runs):
     proc = run([str(BIN / "influmix"), "compare", *run_ids[:2], "--db", str(settings.database)],
                env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{settings.serve.mlflow_port}"})
     assert proc.returncode == 0, proc.stderr
-    assert "ucb_alpha" in proc.stdout and "compare-runs" in proc.stdout
+    assert "probe.sampling" in proc.stdout and "compare-runs" in proc.stdout
 
 
 # --- in a browser: Debian's chromium through Playwright ------------------------------------------------------
@@ -372,7 +372,7 @@ def test_mlflow_ui_lists_runs_and_compares_their_curves(served_runs, page, tmp_p
     ids = json.dumps([r.info.run_id for r in runs], separators=(",", ":"))
     page.goto(f"{base}/#/compare-runs?runs={ids}&experiments=[\"{experiment}\"]", wait_until="commit")
     wait_for_text(page, r"Comparing 2 Runs")
-    wait_for_text(page, r"probe\.ucb_alpha")
+    wait_for_text(page, r"probe\.sampling")
     screenshot(page, "mlflow_compare.png", tmp_path)
 
     page.goto(f"{base}/#/experiments/{experiment}/runs?compareRunsMode=CHART", wait_until="commit")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core.config import ConfigError, load_settings
-from tests.conftest import tiny_overrides
+from tests.conftest import BANDIT_PATH, tiny_overrides
 
 
 @pytest.fixture()
@@ -18,7 +18,7 @@ def run_copy(e2e_run, tmp_path):
     settings, result = e2e_run
     copy = tmp_path / "runs"
     shutil.copytree(settings.run_dir, copy)
-    return load_settings(None, [*tiny_overrides(copy)]), result
+    return load_settings(None, [*tiny_overrides(copy), *BANDIT_PATH]), result
 
 
 def test_packaged_embedder_loads_by_path_like_any_user_model():
