@@ -79,7 +79,8 @@ def run_facts(result: RunResult, seconds: float) -> dict[str, Any]:
         facts[f"stage {s} proxy LM reference loss"] = float(stage.checkpoint.reference_loss)
         probes = stage.probes
         facts[f"stage {s} documents measured ({probes.oracle} oracle)"] = (
-            f"{probes.measured:,} in {probes.pulls} pulls over {probes.arms_pulled} arms")
+            f"{probes.measured:,} in {probes.pulls} pulls over {probes.arms_pulled} arms" if probes.arms_pulled
+            else f"{probes.measured:,}, a uniform sample of the pool")
         if probes.group_rewards:
             facts[f"stage {s} arm rollouts (group rewards)"] = int(probes.group_rewards)
         if probes.exact_agreement is not None:
