@@ -44,10 +44,11 @@ from tasks.tokenizer import train_tokenizer
 
 BANDIT = ['probe.sampling="bandit"', "probe.group_rollouts=true", 'select.method="bandit"']
 """The oracle-driven bandit with its group rewards: the defaults until the cascade made it tie (README)."""
+UNIFORM = ['probe.sampling="uniform"', "probe.group_rollouts=false", 'select.method="topk"']
+"""Uniform probes, no rollouts, top-k on the influence model: today's defaults, spelled out."""
 VARIANTS: dict[str, list[str]] = {
-    "topk_influence": ['probe.oracle="one_step"', 'probe.sampling="uniform"', "probe.group_rollouts=false",
-                       'select.method="topk"'],
-    "influmix_no_bandit": ['probe.sampling="uniform"', "probe.group_rollouts=false", 'select.method="topk"'],
+    "topk_influence": ['probe.oracle="one_step"', *UNIFORM],
+    "influmix_no_bandit": UNIFORM,
     "influmix_bandit": BANDIT,
     "influmix_no_group": [*BANDIT[:1], "probe.group_rollouts=false", *BANDIT[2:]],
     "influmix_no_student": ['select.method="arms"'],

@@ -153,7 +153,7 @@ def table(results: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """The results file's markdown: the headline table, then the goal's card where the baselines ran."""
-    cards = results.get("goal") or goal_cards(results)
+    cards = results["goal"]  # summarise() put it there, as it did the table's figures
     return table(results) + (f"\nThe goal, per method (benchmarks/selection_goal.py):\n\n{card_table(cards)}" if cards else "")
 
 

@@ -7,8 +7,9 @@ code with one arm, the pool). With `"bandit"`, the bandit (models/bandit.py) cho
 each pull of `probe.pull_size` documents comes from, rewarding it with what was measured, plus, once per
 arm, a group reward from a short rollout on a batch of the arm (`probe.group_rollouts`). Every measured
 document becomes a training label of the influence model (a seeded `heldout_fraction` judges it
-instead); with the bandit, each arm's posterior reward goes on to the selection. Cross-fitting: the conditional oracle fine-tunes on the reference's fit half, and every value,
-rollout and loss is taken on the measure half.
+instead); with the bandit, each arm's posterior reward goes on to the selection. Cross-fitting: the
+conditional oracle fine-tunes on the reference's fit half, and every value, rollout and loss is taken on
+the measure half.
 """
 
 from __future__ import annotations
