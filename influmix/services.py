@@ -133,7 +133,8 @@ def plan(settings: Settings) -> list[Service]:
                 "prefect worker start"),
         Service("mlflow-server", [str(bindir / "mlflow"), "server", "--host", s.host, "--port", str(s.mlflow_port),
                                   "--backend-store-uri", f"sqlite:///{run_dir / 'mlflow.db'}",
-                                  "--artifacts-destination", str(run_dir / "mlartifacts"), "--workers", "1"],
+                                  "--artifacts-destination", str(run_dir / "mlartifacts"), "--workers", "1",
+                                  "--app-name", "influmix"],  # influmix/mlflow_app.py
                 {}, lambda: http_ok(f"{mlflow_url(settings)}/health"), mlflow_url(settings),
                 folder / "mlflow-server.pid", "mlflow server", s.mlflow_port, "serve.mlflow_port"),
     ]

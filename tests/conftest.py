@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -68,14 +69,22 @@ def environment_left_as_found():
 SERVICE_LOG_PROBLEMS = ("Traceback (most recent call last)", "database is locked")
 
 
-def service_log_problems(folder: Path, excerpt: int = 40) -> list[str]:
-    """Every traceback or lock error in the service logs under `folder`, as `log:line:` and what follows it."""
+# An exception's own line in a traceback, nested (`|`) or not: `AttributeError: ...`, `ExceptionGroup: ...`.
+RAISED = re.compile(r"^[\s|]*[A-Za-z_][\w.]*(Error|Exception|Group|Exit|Interrupt)\b(:.*)?$")
+
+
+def service_log_problems(folder: Path, excerpt: int = 12, scan: int = 2000) -> list[str]:
+    """Every traceback or lock error in the service logs under `folder`, as `log:line:`, what follows it, and
+    the exceptions raised in the `scan` lines after it: a deep server stack's cause is at its end, far below
+    the first lines (CI once showed 40 lines of middleware frames and no cause)."""
     found = []
     for log in sorted(folder.glob("*.log")):
         lines = log.read_text(errors="replace").splitlines()
         for number, line in enumerate(lines):
             if any(problem in line for problem in SERVICE_LOG_PROBLEMS):
-                found.append(f"{log.name}:{number + 1}:\n" + "\n".join(lines[number:number + excerpt]))
+                raised = list(dict.fromkeys(r.strip(" |") for r in lines[number + 1:number + scan] if RAISED.match(r)))
+                found.append(f"{log.name}:{number + 1}:\n" + "\n".join(lines[number:number + excerpt])
+                             + "\n  ...\n  raised: " + "\n  raised: ".join(raised[:6]))
     return found
 
 
