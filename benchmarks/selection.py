@@ -103,7 +103,8 @@ def evaluator_steps(token_budget: int, eval_cfg) -> int:
 
 
 NEUTRAL_NEW_OPTIONS = {("select", "coverage_share"): 0.0, ("select", "coverage_order"): "uniform",
-                       ("select", "rerank_factor"): 0.0, ("select", "rerank_estimate"): "measured"}
+                       ("select", "rerank_factor"): 0.0, ("select", "rerank_estimate"): "measured",
+                       ("probe", "conditional_folds"): 1}
 """Settings added after mixtures were cached, with the value that does what the code did before they existed.
 At that value they are left out of the cache key: a new option that changes nothing must not orphan every
 cached mixture (hours of CPU per seed). Set to anything else, it is in the key like any other setting."""

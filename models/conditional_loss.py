@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,23 +117,31 @@ class TokenDrops:
 
 
 @torch.no_grad()
-def document_drops(prior: torch.nn.Module, conditional: torch.nn.Module, docs: Sequence[Sequence[int]],
-                   max_batch_tokens: int = MAX_BATCH_TOKENS) -> TokenDrops:
+def document_drops(prior: torch.nn.Module, conditional: torch.nn.Module | Sequence[torch.nn.Module],
+                   docs: Sequence[Sequence[int]], max_batch_tokens: int = MAX_BATCH_TOKENS) -> TokenDrops:
     """Both models' token losses on the same batches, and the spread of their per-token difference.
 
     The same two forward passes per document as two `document_losses` calls; the per-token drops exist only
-    while both models' losses of a batch are in hand, hence one pass over the batches for both."""
-    states = prior.training, conditional.training
-    prior.eval(), conditional.eval()
+    while both models' losses of a batch are in hand, hence one pass over the batches for both. Several
+    conditional models (the cross-fit's folds) count as one whose token losses are their mean, so the drop,
+    its spread and the conditional sums are those of the fold-averaged reduction."""
+    conditionals = [conditional] if isinstance(conditional, torch.nn.Module) else list(conditional)
+    states = prior.training, [c.training for c in conditionals]
+    prior.eval()
+    for c in conditionals:
+        c.eval()
     n = len(docs)
     prior_sums, conditional_sums, variance = np.zeros(n), np.zeros(n), np.full(n, np.nan)
     for idx, ids, mask in length_batches(docs, max_batch_tokens):
-        before, after = (token_losses(prior, ids) * mask).double(), (token_losses(conditional, ids) * mask).double()
+        before = (token_losses(prior, ids) * mask).double()
+        after = torch.stack([(token_losses(c, ids) * mask).double() for c in conditionals]).mean(0)
         drops, counts = before - after, mask.sum(1).double()
         prior_sums[idx], conditional_sums[idx] = before.sum(1).numpy(), after.sum(1).numpy()
         squares = (drops ** 2).sum(1) - drops.sum(1) ** 2 / counts
         variance[idx] = torch.where(counts > 1, squares.clamp(min=0) / (counts - 1).clamp(min=1), torch.nan).numpy()
-    prior.train(states[0]), conditional.train(states[1])
+    prior.train(states[0])
+    for c, was in zip(conditionals, states[1], strict=True):
+        c.train(was)
     counts = predicted_tokens(docs)
     return TokenDrops(TokenLosses(prior_sums, counts), TokenLosses(conditional_sums, counts), variance)
 
@@ -202,29 +211,48 @@ def finetune_on_reference(prior: torch.nn.Module, optimizer_state: dict[str, Any
     return model.eval(), FinetuneTrace(steps, losses, steps[int(np.argmin(losses))])
 
 
-def save_conditional(directory: str | Path, model: torch.nn.Module, trace: FinetuneTrace) -> Path:
-    """Write a fine-tuned conditional model (model.safetensors) and its trace (trace.json, written last: a
-    folder without it is an interrupted save) so later steps measure with it without fine-tuning again."""
+FOLD_FOLDER = "fold-{k}"
+"""Where `save_conditional` puts fold k >= 1 inside the folder; fold 0 is the folder itself (the one-fold layout)."""
+
+
+def save_conditional(directory: str | Path, models: torch.nn.Module | Sequence[torch.nn.Module],
+                     traces: FinetuneTrace | Sequence[FinetuneTrace]) -> Path:
+    """Write fine-tuned conditional models (model.safetensors) and their traces (trace.json) so later steps
+    measure with them without fine-tuning again: fold 0 in `directory`, fold k in `directory/fold-k`.
+    Fold 0's trace.json is written last: a folder without it is an interrupted save."""
     from safetensors.torch import save_model
 
+    models = [models] if isinstance(models, torch.nn.Module) else list(models)
+    traces = [traces] if isinstance(traces, FinetuneTrace) else list(traces)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "trace.json").unlink(missing_ok=True)
-    save_model(model, str(directory / "model.safetensors"))
-    (directory / "trace.json").write_text(json.dumps(dataclasses.asdict(trace)))
+    for stale in directory.glob(FOLD_FOLDER.format(k="*")):  # a save with more folds before this one
+        shutil.rmtree(stale)
+    for k, (model, trace) in reversed(list(enumerate(zip(models, traces, strict=True)))):
+        folder = directory if k == 0 else directory / FOLD_FOLDER.format(k=k)
+        folder.mkdir(exist_ok=True)
+        save_model(model, str(folder / "model.safetensors"))
+        (folder / "trace.json").write_text(json.dumps(dataclasses.asdict(trace)))
     return directory
 
 
-def load_conditional(directory: str | Path, prior: torch.nn.Module) -> tuple[torch.nn.Module, FinetuneTrace]:
-    """`save_conditional`'s model, rebuilt as a copy of `prior` (same architecture) with the saved weights."""
+def load_conditional(directory: str | Path, prior: torch.nn.Module
+                     ) -> tuple[list[torch.nn.Module], list[FinetuneTrace]]:
+    """`save_conditional`'s models (every fold), each rebuilt as a copy of `prior` with the saved weights."""
     from safetensors.torch import load_model
 
     directory = Path(directory)
     if not (directory / "trace.json").exists():
         raise FileNotFoundError(f"no complete conditional model in {directory} (trace.json missing)")
-    model = copy.deepcopy(prior)
-    load_model(model, str(directory / "model.safetensors"), device=str(next(prior.parameters()).device))
-    return model.eval(), FinetuneTrace(**json.loads((directory / "trace.json").read_text()))
+    models, traces, k = [], [], 0
+    while (folder := directory if k == 0 else directory / FOLD_FOLDER.format(k=k)).joinpath("trace.json").exists():
+        model = copy.deepcopy(prior)
+        load_model(model, str(folder / "model.safetensors"), device=str(next(prior.parameters()).device))
+        models.append(model.eval())
+        traces.append(FinetuneTrace(**json.loads((folder / "trace.json").read_text())))
+        k += 1
+    return models, traces
 
 
 @dataclass

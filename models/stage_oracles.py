@@ -44,34 +44,49 @@ class OracleValues:
 
 
 class ConditionalOracle:
-    """Conditional loss reduction under a checkpoint (see the module docstring)."""
+    """Conditional loss reduction under a checkpoint (see the module docstring).
+
+    With `folds=2` a second copy is fine-tuned on the measure half (stopped on the fit half) and the two
+    drops are averaged: CoLoR-Filter's cross-fit "vice versa", `cross_fit_conditional_losses` in
+    models/conditional_loss.py. Each fine-tune then sees the whole visible reference between them, and the
+    values depend less on which passages one half happens to hold. The measure half is no longer free of the
+    oracle's fitting data, so a stage that also measures rollouts or one-step probes on it should keep one fold.
+    """
 
     name = "conditional"
 
     def __init__(self, model: torch.nn.Module, optimizer_state: dict[str, Any] | None, fit_rows: torch.Tensor,
-                 measure_rows: torch.Tensor, cfg: FinetuneConfig, shrink_tokens: float = 0.0) -> None:
+                 measure_rows: torch.Tensor, cfg: FinetuneConfig, shrink_tokens: float = 0.0,
+                 folds: int = 1) -> None:
+        if folds not in (1, 2):
+            raise ValueError(f"the conditional oracle has 1 or 2 folds, not {folds}")
         started = time.perf_counter()
         self.timings: dict[str, float] = {}
         self.prior, self.shrink = model, shrink_tokens
-        self.conditional, self.trace = finetune_on_reference(model, optimizer_state, fit_rows, measure_rows, cfg)
+        halves = [(fit_rows, measure_rows), (measure_rows, fit_rows)][:folds]
+        fitted = [finetune_on_reference(model, optimizer_state, fit, val, cfg) for fit, val in halves]
+        self.conditionals = [m for m, _ in fitted]
+        self.traces = [t for _, t in fitted]
         self.setup_seconds = time.perf_counter() - started
 
     @classmethod
-    def restored(cls, prior: torch.nn.Module, conditional: torch.nn.Module, trace: FinetuneTrace,
+    def restored(cls, prior: torch.nn.Module, conditionals: list[torch.nn.Module], traces: list[FinetuneTrace],
                  shrink_tokens: float = 0.0) -> ConditionalOracle:
-        """The oracle of an earlier fine-tune (its conditional model saved, e.g. by the probe stage), so a later
-        step measures with the very same model instead of fine-tuning again."""
+        """The oracle of an earlier fine-tune (its conditional models saved, e.g. by the probe stage), so a later
+        step measures with the very same models instead of fine-tuning again."""
         oracle = cls.__new__(cls)
         oracle.timings, oracle.prior, oracle.shrink = {}, prior, shrink_tokens
-        oracle.conditional, oracle.trace, oracle.setup_seconds = conditional.eval(), trace, 0.0
+        oracle.conditionals, oracle.traces = [c.eval() for c in conditionals], list(traces)
+        oracle.setup_seconds = 0.0
         return oracle
 
     @property
     def finetune(self) -> FinetuneTrace:
-        return self.trace
+        """The first fold's fine-tune (the fit half's), the one recorded per stage."""
+        return self.traces[0]
 
     def measure(self, docs: list[list[int]]) -> OracleValues:
-        drops = document_drops(self.prior, self.conditional, docs)
+        drops = document_drops(self.prior, self.conditionals, docs)
         prior, conditional, counts = drops.prior, drops.conditional, drops.prior.counts
         values = (prior.sums - conditional.sums) / (counts + self.shrink)
         return OracleValues(values, loss_before=prior.sums / counts, loss_after=conditional.sums / counts,

@@ -17,7 +17,8 @@ from runtime.configs import probe_config
 
 def make_oracle(settings: Settings, model, optimizer_state, tokenized: Tokenized,
                 stage: int) -> ConditionalOracle | OneStepOracle:
-    """`probe.oracle` from a checkpoint: the conditional oracle fine-tunes on the reference's fit half here."""
+    """`probe.oracle` from a checkpoint: the conditional oracle fine-tunes on the reference's fit half here (and on
+    the measure half too with `probe.conditional_folds = 2`)."""
     cfg, proxy = settings.probe, settings.proxy
     measure_rows = load_token_rows(tokenized.reference_path, cfg.reference_sequences, "measure")
     if cfg.oracle == "one_step":
@@ -28,7 +29,8 @@ def make_oracle(settings: Settings, model, optimizer_state, tokenized: Tokenized
                               weight_decay=proxy.weight_decay, beta1=proxy.beta1, beta2=proxy.beta2,
                               grad_clip=proxy.grad_clip, seed=int_seed(settings.seed, "reference_split", stage))
     return ConditionalOracle(model, optimizer_state, load_token_rows(tokenized.reference_path, part="fit"),
-                             load_token_rows(tokenized.reference_path, part="measure"), finetune, cfg.shrink_tokens)
+                             load_token_rows(tokenized.reference_path, part="measure"), finetune, cfg.shrink_tokens,
+                             folds=cfg.conditional_folds)
 
 
 def spent_oracle(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized,
@@ -38,6 +40,6 @@ def spent_oracle(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenize
     model, optimizer_state, _ = load_checkpoint(checkpoint.path, resolve_device(settings.proxy.device))
     saved = probes.conditional_path
     if probes.oracle == "conditional" and saved and (Path(saved) / "trace.json").exists():
-        conditional, trace = load_conditional(saved, model)
-        return ConditionalOracle.restored(model, conditional, trace, settings.probe.shrink_tokens)
+        conditionals, traces = load_conditional(saved, model)
+        return ConditionalOracle.restored(model, conditionals, traces, settings.probe.shrink_tokens)
     return make_oracle(settings, model, optimizer_state, tokenized, checkpoint.stage)

@@ -149,8 +149,8 @@ def probe_stage(settings: Settings, checkpoint: Checkpoint, tokenized: Tokenized
     oracle = make_oracle(settings, model, optimizer_state, tokenized, stage)
     conditional_path = None
     if isinstance(oracle, ConditionalOracle):  # kept for the cascade's second look (tasks/rerank.py)
-        conditional_path = str(save_conditional(settings.stage_dir(run_id, stage) / "conditional", oracle.conditional,
-                                                oracle.trace))
+        conditional_path = str(save_conditional(settings.stage_dir(run_id, stage) / "conditional",
+                                                oracle.conditionals, oracle.traces))
     with db.connect(settings.database, read_only=True) as con:
         pool = store.candidates(con, run_id, stage, settings.seed, settings.select.exclude_previous)
         centroids = store.load_centroids(con, clustered.run_id)

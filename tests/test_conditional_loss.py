@@ -139,8 +139,10 @@ def test_probe_variants(setup):
     states["other_v"] = state_variant(state, "other_v", other=state_variant(state, "mean_v"))
     out = probe_variants(model, states, probe_docs, ref[:8], cfg)
     shifted = fast_probes(model, state, probe_docs, ref[:8], cfg, progress=False, method="shifted")
-    np.testing.assert_allclose(out["checkpoint"], shifted, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(out["other_v"], out["mean_v"], rtol=1e-6, atol=1e-9)
+    # A score is a difference of reference losses near 6 held in float32, whose spacing there is 4.8e-7: the
+    # two paths may round the shared loss one step apart (seen on one machine's CPU, 6.5e-7 on every score).
+    np.testing.assert_allclose(out["checkpoint"], shifted, rtol=1e-6, atol=2e-6)
+    np.testing.assert_allclose(out["other_v"], out["mean_v"], rtol=1e-6, atol=2e-6)
     for name in ("fresh", "mean_v", "zero_m"):
         assert not np.allclose(out[name], out["checkpoint"]), name
     assert np.all(np.abs(out["gradient_cosine"]) <= 1 + 1e-9)
@@ -150,3 +152,35 @@ def test_probe_variants(setup):
     assert all(torch.equal(v, state["state"][i][n]) for i, e in before["state"].items() for n, v in e.items())
     with pytest.raises(ValueError, match="unknown state variant"):
         state_variant(state, "nope")
+
+
+def test_two_folds_are_the_cross_fit_average_and_round_trip_through_a_saved_folder(setup, tmp_path):
+    """The stage oracle's two folds measure exactly the cross-fit's fold-averaged reduction; saved and loaded,
+    both folds come back and measure the same; a one-fold save over it leaves no stale second fold."""
+    from models.conditional_loss import load_conditional, save_conditional
+    from models.stage_oracles import ConditionalOracle
+
+    model, state, docs = setup
+    rows, _ = pack_sequences(docs[30:], SEQ_LEN, eos_id=0)  # a "reference" of held-out sample text
+    halves = (rows[:len(rows) // 2], rows[len(rows) // 2:])
+    cfg = FinetuneConfig(max_steps=12, eval_every=4, batch_size=4, lr=3e-3)
+    docs = docs[:25]
+    oracle = ConditionalOracle(model, state, halves[0], halves[1], cfg, folds=2)
+    assert len(oracle.conditionals) == 2 and oracle.finetune is oracle.traces[0]
+    assert all(t.best_step > 0 for t in oracle.traces)  # both fine-tunes learned something to average
+    measured = oracle.measure(docs)
+    expected = cross_fit_conditional_losses(model, state, halves, docs, cfg, folds=2)
+    np.testing.assert_allclose(measured.values, expected.reduction(), rtol=1e-5, atol=1e-5)
+    one_fold = ConditionalOracle(model, state, halves[0], halves[1], cfg).measure(docs).values
+    np.testing.assert_allclose(one_fold, expected.reduction(folds=[0]), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(one_fold, measured.values)
+
+    folder = save_conditional(tmp_path / "conditional", oracle.conditionals, oracle.traces)
+    models, traces = load_conditional(folder, model)
+    assert [t.best_step for t in traces] == [t.best_step for t in oracle.traces]
+    restored = ConditionalOracle.restored(model, models, traces).measure(docs)
+    np.testing.assert_allclose(restored.values, measured.values, rtol=1e-6, atol=1e-7)
+    save_conditional(folder, oracle.conditionals[0], oracle.traces[0])
+    assert len(load_conditional(folder, model)[0]) == 1 and not (folder / "fold-1").exists()
+    with pytest.raises(ValueError, match="1 or 2 folds"):
+        ConditionalOracle(model, state, halves[0], halves[1], cfg, folds=3)

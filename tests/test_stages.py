@@ -201,6 +201,36 @@ def test_rerank_measures_the_ranking_head_and_select_takes_it_in_measured_order(
     assert select_stage(settings, stage.influence, corpus.clustered, stage.probes, off, progress=False) == plain
 
 
+def test_a_two_fold_conditional_oracle_is_saved_whole_and_spent_again_by_the_cascade(run_copy):
+    """`probe.conditional_folds = 2`: the probe stage fine-tunes on both reference halves and saves both models;
+    the cascade's oracle is those two models (no third fine-tune), measuring what the probe stage recorded."""
+    from pathlib import Path
+
+    from core import db, store
+    from models.proxy_lm import probe_inputs
+    from models.tokenizer import load_tokenizer
+    from runtime.oracles import spent_oracle
+    from tasks.probe import probe_stage
+
+    settings, result = run_copy
+    stage, corpus = result.stages[1], result.corpus
+    settings.probe.conditional_folds = 2
+    probes = probe_stage(settings, stage.checkpoint, corpus.tokenized, corpus.clustered, progress=False)
+    saved = Path(probes.conditional_path)
+    assert (saved / "trace.json").exists() and (saved / "fold-1" / "trace.json").exists()
+    oracle = spent_oracle(settings, stage.checkpoint, corpus.tokenized, probes)
+    assert len(oracle.conditionals) == 2 and oracle.setup_seconds == 0.0
+    with db.connect(settings.database, read_only=True) as con:
+        labels = dict(con.execute("SELECT doc_id, label FROM probes WHERE run_id = ? AND stage = 1 ORDER BY doc_id "
+                                  "LIMIT 5", [result.run_id]).fetchall())
+        texts = store.texts_of(con, result.run_id, list(labels))
+    measured = oracle.measure(probe_inputs(load_tokenizer(corpus.tokenized.tokenizer_path),
+                                           [texts[d] for d in labels], settings.proxy.seq_len)).values
+    np.testing.assert_allclose(measured, list(labels.values()), rtol=1e-5, atol=1e-6)
+    one_fold = stage.probes  # the shared run's own stage 1: one fold, other values for the same documents
+    assert probes.label_mean != pytest.approx(one_fold.label_mean, rel=1e-6)
+
+
 def test_write_mixture_refuses_a_broken_selection(run_copy):
     from core.artifacts import Selection
     from tasks.mixture import write_mixture
