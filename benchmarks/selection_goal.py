@@ -59,11 +59,11 @@ def loss_margin(ours: dict[str, float], theirs: dict[str, float]) -> dict[str, A
     """How far `ours` is below `theirs`: unpaired against the two-sigma bar, and paired over shared seeds."""
     a, b = np.array(list(ours.values())), np.array(list(theirs.values()))
     spread = max(a.std(ddof=1) if len(a) > 1 else 0.0, b.std(ddof=1) if len(b) > 1 else 0.0)
-    gap = float(b.mean() - a.mean())
+    gap = float(b.mean() - a.mean()) if len(a) and len(b) else None  # a baseline with no seeds yet: no gap
     shared = sorted(set(ours) & set(theirs), key=int)
     paired = np.array([theirs[s] - ours[s] for s in shared])
     paired_std = float(paired.std(ddof=1)) if len(paired) > 1 else None
-    return {"gap": gap, "std": float(spread), "sigmas": gap / spread if spread > 0 else None,
+    return {"gap": gap, "std": float(spread), "sigmas": gap / spread if gap is not None and spread > 0 else None,
             "met": bool(len(a) > 1 and len(b) > 1 and gap > SIGMAS * spread),
             "paired_seeds": [int(s) for s in shared], "paired_gap": float(paired.mean()) if len(paired) else None,
             "paired_std": paired_std,
