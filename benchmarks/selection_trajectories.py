@@ -59,24 +59,26 @@ def with_overrides(settings: Settings, overrides: list[str]) -> Settings:
 
 def stage_flops(settings: Settings, result: StageResult) -> dict[str, float]:
     """Model FLOPs of one stage's selection work, from its artifacts (models.flops: 6N + attention per
-    trained token, 2N per forward token): proxy training; the oracle: conditional = the fine-tune (steps x
-    batch x seq) plus two forward passes per measured document, one-step = one training step per document
-    (plus a reference forward for the exact slice); group rollouts = their training steps and a reference
-    forward each; the cascade = two forward passes per document of the ranking's head it measured; the
-    student: the token model's two ridge solves and one add per scored token."""
+    trained token, 2N per forward token): proxy training; the oracle: conditional = each fold's fine-tune
+    (all its steps x batch x seq) plus one forward pass per measured document for the prior and one per
+    fold, one-step = one training step per document (plus a reference forward for the exact slice); group
+    rollouts = their training steps and a reference forward each; the cascade = the oracle's forward passes
+    per document of the ranking's head it measured; the student: the token model's two ridge solves and one
+    add per scored token."""
     ckpt, probes, distilled = result.checkpoint, result.probes, result.influence
     fpt, seq, p = ckpt.flops_per_token, settings.proxy.seq_len, settings.probe
     ref_tokens = p.reference_sequences * seq
     flops = {"proxy_train": fpt * ckpt.train_tokens}
-    oracle = 2 * (fpt / 3) * seq * probes.measured
-    if probes.oracle == "conditional":
-        oracle += fpt * (probes.finetune_step or 0) * settings.proxy.batch_size * seq
+    forwards = 1 + p.conditional_folds if probes.oracle == "conditional" else 2  # the prior and each fold
+    oracle = forwards * (fpt / 3) * seq * probes.measured
+    if probes.oracle == "conditional":  # every fold's fine-tune runs all its steps, whichever it keeps
+        oracle += p.conditional_folds * fpt * p.finetune_steps * settings.proxy.batch_size * seq
     else:
         oracle = fpt * seq * probes.measured + p.exact_fraction * probes.measured * (fpt / 3) * ref_tokens
     rollout_tokens = p.rollout_steps * p.rollout_rows_per_step * seq
     flops["probe"] = oracle + (probes.group_rewards + p.control_batches) * (fpt * rollout_tokens + fpt / 3 * ref_tokens)
     if result.reranked is not None:
-        flops["rerank"] = 2 * (fpt / 3) * seq * result.reranked.measured
+        flops["rerank"] = forwards * (fpt / 3) * seq * result.reranked.measured
     if distilled.student == "tokens":
         n = distilled.train_probes
         flops["distill_score"] = 2 * (2 * n * n * settings.proxy.vocab_size + 10 * n ** 3) + 2 * seq * distilled.scored_documents

@@ -247,9 +247,9 @@ class ProbeSettings(_Section):
     finetune_steps: int = Field(128, ge=1, description="conditional oracle: most fine-tuning steps on the fit half")
     finetune_eval_every: int = Field(16, ge=1, description="conditional oracle: steps between checks on the other half")
     conditional_folds: int = Field(
-        1, ge=1, le=2, description="conditional oracle: 1 fine-tunes on the reference's fit half (stopped on the "
-                                   "measure half); 2 also on the measure half (stopped on the fit half), and the two "
-                                   "drops are averaged (CoLoR's cross-fit; models/stage_oracles.py)")
+        2, ge=1, le=2, description="conditional oracle: 2 (the default) fine-tunes one copy on each reference half, "
+                                   "each stopped on the other, and averages the two drops (CoLoR's cross-fit; "
+                                   "models/stage_oracles.py); 1 fine-tunes on the fit half only")
     finetune_lr: float | None = Field(None, gt=0, description="conditional oracle: default the proxy's peak lr")
     shrink_tokens: float = Field(0.0, ge=0, description="conditional oracle: pseudo-tokens a document's mean drop is "
                                                          "shrunk by (a length prior)")

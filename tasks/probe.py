@@ -8,8 +8,9 @@ each pull of `probe.pull_size` documents comes from, rewarding it with what was 
 arm, a group reward from a short rollout on a batch of the arm (`probe.group_rollouts`). Every measured
 document becomes a training label of the influence model (a seeded `heldout_fraction` judges it
 instead); with the bandit, each arm's posterior reward goes on to the selection. Cross-fitting: the
-conditional oracle fine-tunes on the reference's fit half, and every value, rollout and loss is taken on
-the measure half.
+conditional oracle fine-tunes on the reference's fit half (stopped on the measure half) and, by default
+(`probe.conditional_folds = 2`), a second copy on the measure half (stopped on the fit half), averaging
+the two drops; rollouts and one-step probes are taken on the measure half.
 """
 
 from __future__ import annotations
