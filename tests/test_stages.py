@@ -182,7 +182,10 @@ def test_rerank_measures_the_ranking_head_and_select_takes_it_in_measured_order(
                              "WHERE run_id = ? AND stage = 1 ORDER BY ranked", [result.run_id]).fetchall()
     con.close()
     assert [r[0] for r in again_rows] == [r[0] for r in rows] and shrunk.estimate == "shrunk"
-    assert 0 < shrunk.weight < 1 and all(r[2] > 0 for r in again_rows)
+    # 0 is a Fay-Herriot outcome too: where the sampling noise explains a head's spread, every value goes to
+    # the regression (this 15-document head, measured with the two-fold default's oracle, came out so);
+    # tests/test_cascade.py checks partial weights on simulated heads
+    assert 0 <= shrunk.weight < 1 and all(r[2] > 0 for r in again_rows)
     estimates = np.array([r[3] for r in again_rows])
     assert not np.allclose(estimates, [r[1] for r in again_rows])
     by_estimate = np.concatenate([head[np.argsort(-estimates, kind="stable")], order[len(head):]])
