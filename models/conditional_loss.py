@@ -121,7 +121,7 @@ def document_drops(prior: torch.nn.Module, conditional: torch.nn.Module | Sequen
                    docs: Sequence[Sequence[int]], max_batch_tokens: int = MAX_BATCH_TOKENS) -> TokenDrops:
     """Both models' token losses on the same batches, and the spread of their per-token difference.
 
-    The same two forward passes per document as two `document_losses` calls; the per-token drops exist only
+    The same forward passes per document as one `document_losses` call per model; the per-token drops exist only
     while both models' losses of a batch are in hand, hence one pass over the batches for both. Several
     conditional models (the cross-fit's folds) count as one whose token losses are their mean, so the drop,
     its spread and the conditional sums are those of the fold-averaged reduction."""

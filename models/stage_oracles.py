@@ -5,10 +5,11 @@ Both take a proxy checkpoint (weights + Adam state) and the reference halves (mo
 
 * `ConditionalOracle` (the default): CoLoR-Filter's conditional loss reduction, the document's mean token
   loss under the checkpoint minus under the checkpoint briefly fine-tuned on the fit half (the number of
-  steps chosen on the measure half). Two forward passes per document once the fine-tune is done. Why the
-  default: in benchmarks/signal_study.py (the whole shared corpus, 4 x 65k tokens) top-k on it gave a
-  held-out reference loss of 6.002 against DSIR's 6.050, the wiki+news mix's 6.114 and 6.315 for
-  MATES-style one-step probes distilled by the token model.
+  steps chosen on the measure half); by default averaged with a second copy fine-tuned the other way round
+  (`probe.conditional_folds`). One forward pass per document for the checkpoint and one per fold once the
+  fine-tunes are done. Why the default: in benchmarks/signal_study.py (the whole shared corpus, 4 x 65k
+  tokens) top-k on it gave a held-out reference loss of 6.002 against DSIR's 6.050, the wiki+news mix's
+  6.114 and 6.315 for MATES-style one-step probes distilled by the token model.
 * `OneStepOracle`: MATES's probe, the loss drop on the measure half after one AdamW step on the document
   alone: the fast first-order estimate for every document, the exact step on a slice of each pull to keep
   the estimate honest (their agreement is reported).
