@@ -281,21 +281,27 @@ def split_halves(groups: Sequence[str], seed: int) -> np.ndarray:
     return np.array([g in in_a for g in groups])
 
 
+def finetune_folds(prior: torch.nn.Module, optimizer_state: dict[str, Any] | None,
+                   halves: tuple[torch.Tensor, torch.Tensor], cfg: FinetuneConfig,
+                   folds: int = 2) -> tuple[list[torch.nn.Module], list[FinetuneTrace]]:
+    """The cross-fit's conditional models and traces: fold 0 fits half A and validates on B; fold 1 (with
+    `folds=2`) fits B and validates on A."""
+    if folds not in (1, 2):
+        raise ValueError(f"the conditional loss has 1 or 2 folds (fine-tune on half A, or on A and B averaged), "
+                         f"not {folds}")
+    fitted = [finetune_on_reference(prior, optimizer_state, fit, val, cfg)
+              for fit, val in [(halves[0], halves[1]), (halves[1], halves[0])][:folds]]
+    return [model for model, _ in fitted], [trace for _, trace in fitted]
+
+
 def cross_fit_conditional_losses(prior: torch.nn.Module, optimizer_state: dict[str, Any] | None,
                                  halves: tuple[torch.Tensor, torch.Tensor], docs: Sequence[Sequence[int]],
                                  cfg: FinetuneConfig, folds: int = 2,
                                  max_batch_tokens: int = MAX_BATCH_TOKENS) -> ConditionalLosses:
     """Prior losses once, then per fold: fine-tune on one half (stopped on the other), score every document.
 
-    Fold 0 fits half A and validates on B; fold 1 (with `folds=2`) fits B and validates on A.
+    The folds are `finetune_folds`'s.
     """
-    if folds not in (1, 2):
-        raise ValueError("folds must be 1 (fine-tune on half A) or 2 (A and B, averaged)")
-    prior_losses = document_losses(prior, docs, max_batch_tokens)
-    conditional, traces = [], []
-    for k in range(folds):
-        fit, val = (halves[0], halves[1]) if k == 0 else (halves[1], halves[0])
-        model, trace = finetune_on_reference(prior, optimizer_state, fit, val, cfg)
-        conditional.append(document_losses(model, docs, max_batch_tokens))
-        traces.append(trace)
-    return ConditionalLosses(prior_losses, conditional, traces)
+    models, traces = finetune_folds(prior, optimizer_state, halves, cfg, folds)
+    return ConditionalLosses(document_losses(prior, docs, max_batch_tokens),
+                             [document_losses(model, docs, max_batch_tokens) for model in models], traces)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.conditional_loss import FinetuneConfig, FinetuneTrace, document_drops, finetune_on_reference
+from models.conditional_loss import FinetuneConfig, FinetuneTrace, document_drops, finetune_folds
 from models.oracles import ProbeConfig, exact_probes, fast_probes, reference_loss
 from models.rollout import Control, RolloutConfig, rollout_effect
 
@@ -48,7 +48,7 @@ class ConditionalOracle:
     """Conditional loss reduction under a checkpoint (see the module docstring).
 
     With `folds=2` a second copy is fine-tuned on the measure half (stopped on the fit half) and the two
-    drops are averaged: CoLoR-Filter's cross-fit "vice versa", `cross_fit_conditional_losses` in
+    drops are averaged: CoLoR-Filter's cross-fit "vice versa", the folds of `finetune_folds` in
     models/conditional_loss.py. Each fine-tune then sees the whole visible reference between them, and the
     values depend less on which passages one half happens to hold. The measure half is no longer free of the
     oracle's fitting data, so a stage that also measures rollouts or one-step probes on it should keep one fold.
@@ -59,15 +59,10 @@ class ConditionalOracle:
     def __init__(self, model: torch.nn.Module, optimizer_state: dict[str, Any] | None, fit_rows: torch.Tensor,
                  measure_rows: torch.Tensor, cfg: FinetuneConfig, shrink_tokens: float = 0.0,
                  folds: int = 1) -> None:
-        if folds not in (1, 2):
-            raise ValueError(f"the conditional oracle has 1 or 2 folds, not {folds}")
         started = time.perf_counter()
         self.timings: dict[str, float] = {}
         self.prior, self.shrink = model, shrink_tokens
-        halves = [(fit_rows, measure_rows), (measure_rows, fit_rows)][:folds]
-        fitted = [finetune_on_reference(model, optimizer_state, fit, val, cfg) for fit, val in halves]
-        self.conditionals = [m for m, _ in fitted]
-        self.traces = [t for _, t in fitted]
+        self.conditionals, self.traces = finetune_folds(model, optimizer_state, (fit_rows, measure_rows), cfg, folds)
         self.setup_seconds = time.perf_counter() - started
 
     @classmethod
